@@ -1,10 +1,18 @@
 //! postern: a mail server for shared hosting.
 //!
-//! Mail comes in over SMTP (authenticated submission, or the MX role for local domains)
-//! and is stored durably in the spool, then delivered. See `docs/flow.md` and DESIGN.md.
+//! Mail comes in over SMTP (authenticated submission, or the MX role for local
+//! domains), passes the [`policy`], is stored durably by the [`queue`] spool, and is
+//! delivered by [`delivery`]. The protocol itself lives, without I/O, in
+//! `postern-proto`. See `docs/flow.md`.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod queue;
+pub mod cli;
+pub mod config;
 pub mod delivery;
+pub mod headers;
+pub mod logfmt;
+pub mod policy;
+pub mod queue;
+pub mod server;

@@ -1,1 +1,26 @@
-fn main() {}
+//! The `postern` executable: parses the command line and runs one command.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use postern::cli::{self, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => report(cli::serve::run(config.as_deref())),
+        Command::CheckConfig { config } => cli::check_config::run(config.as_deref()),
+        Command::User { config, action } => report(cli::user::run(config.as_deref(), action)),
+    }
+}
+
+/// One line on stderr that says what went wrong, and exit 1.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

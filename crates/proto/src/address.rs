@@ -38,9 +38,13 @@ pub enum AddressError {
 impl fmt::Display for AddressError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            AddressError::MissingBrackets => "enclose the address in angle brackets: <user@example.com>",
+            AddressError::MissingBrackets => {
+                "enclose the address in angle brackets: <user@example.com>"
+            }
             AddressError::Empty => "the address is empty",
-            AddressError::SourceRoute => "source routes are not accepted; give the final address only",
+            AddressError::SourceRoute => {
+                "source routes are not accepted; give the final address only"
+            }
             AddressError::NoDomain => "the address needs a domain: <user@example.com>",
             AddressError::BadLocalPart => "invalid local part (before the @)",
             AddressError::BadDomain => "invalid domain (after the @)",
@@ -298,7 +302,9 @@ fn is_atext(c: char) -> bool {
 }
 
 fn is_dot_string(s: &str) -> bool {
-    !s.is_empty() && s.split('.').all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+    !s.is_empty()
+        && s.split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
 fn parse_domain_name(s: &str) -> Result<String, AddressError> {
@@ -330,7 +336,10 @@ fn is_label(label: &str) -> bool {
 }
 
 fn parse_literal(inner: &str) -> Result<String, AddressError> {
-    if let Some(v6) = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
+    if let Some(v6) = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+    {
         return v6
             .parse::<std::net::Ipv6Addr>()
             .map(|a| format!("IPv6:{a}"))
@@ -432,9 +441,18 @@ mod tests {
     #[test]
     fn bad_shapes_are_refused() {
         for bad in [
-            "", "user", "@example.com", "user@", ".user@example.com", "us..er@example.com",
-            "user.@example.com", "user@-example.com", "user@exa_mple.com", "us er@example.com",
-            "user@example..com", "\"unterminated@example.com",
+            "",
+            "user",
+            "@example.com",
+            "user@",
+            ".user@example.com",
+            "us..er@example.com",
+            "user.@example.com",
+            "user@-example.com",
+            "user@exa_mple.com",
+            "us er@example.com",
+            "user@example..com",
+            "\"unterminated@example.com",
         ] {
             assert!(Mailbox::parse(bad).is_err(), "{bad:?} should not parse");
         }
@@ -464,7 +482,12 @@ mod tests {
 
     #[test]
     fn render_then_parse_is_identity() {
-        for s in ["a@b.c", "\"x y\"@example.com", "first.last+tag@sub.example.org", "u@[IPv6:::1]"] {
+        for s in [
+            "a@b.c",
+            "\"x y\"@example.com",
+            "first.last+tag@sub.example.org",
+            "u@[IPv6:::1]",
+        ] {
             let m = mailbox(s);
             assert_eq!(Mailbox::parse(&m.to_string()).unwrap(), m);
         }

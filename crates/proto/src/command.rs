@@ -199,7 +199,10 @@ mod tests {
     #[test]
     fn table_of_valid_commands() {
         let cases: Vec<(&str, Command)> = vec![
-            ("EHLO client.example", Command::Ehlo("client.example".into())),
+            (
+                "EHLO client.example",
+                Command::Ehlo("client.example".into()),
+            ),
             ("ehlo [127.0.0.1]", Command::Ehlo("[127.0.0.1]".into())),
             ("HELO x", Command::Helo("x".into())),
             (
@@ -255,11 +258,26 @@ mod tests {
             ("GET / HTTP/1.1", CommandError::Http),
             ("EHLO", CommandError::Syntax("EHLO hostname")),
             ("MAIL TO:<a@b.example>", CommandError::Syntax(MAIL_SYNTAX)),
-            ("MAIL FROM:a@b.example", CommandError::Address(AddressError::MissingBrackets)),
-            ("MAIL FROM:<a@b.example> SIZE=big", CommandError::Syntax("SIZE=<number of octets>")),
-            ("MAIL FROM:<a@b.example> RET=FULL", CommandError::UnknownParameter("RET=FULL".into())),
-            ("RCPT TO:<@x.example:a@b.example>", CommandError::Address(AddressError::SourceRoute)),
-            ("RCPT TO:<a@b.example> NOTIFY=NEVER", CommandError::UnknownParameter("NOTIFY=NEVER".into())),
+            (
+                "MAIL FROM:a@b.example",
+                CommandError::Address(AddressError::MissingBrackets),
+            ),
+            (
+                "MAIL FROM:<a@b.example> SIZE=big",
+                CommandError::Syntax("SIZE=<number of octets>"),
+            ),
+            (
+                "MAIL FROM:<a@b.example> RET=FULL",
+                CommandError::UnknownParameter("RET=FULL".into()),
+            ),
+            (
+                "RCPT TO:<@x.example:a@b.example>",
+                CommandError::Address(AddressError::SourceRoute),
+            ),
+            (
+                "RCPT TO:<a@b.example> NOTIFY=NEVER",
+                CommandError::UnknownParameter("NOTIFY=NEVER".into()),
+            ),
             ("DATA now", CommandError::Syntax("DATA")),
             ("STARTTLS x", CommandError::Syntax("STARTTLS")),
         ];

@@ -161,7 +161,9 @@ mod tests {
         let (n, out) = decode(input);
         assert_eq!(
             out,
-            Some(DataOutcome::Complete(b"Subject: x\r\n\r\n.leading dot\r\n".to_vec()))
+            Some(DataOutcome::Complete(
+                b"Subject: x\r\n\r\n.leading dot\r\n".to_vec()
+            ))
         );
         assert_eq!(&input[n..], b"QUIT\r\n");
     }
@@ -198,8 +200,14 @@ mod tests {
 
     #[test]
     fn bare_cr_or_lf_anywhere_is_refused() {
-        assert_eq!(decode(b"a\rb\r\n.\r\n").1, Some(DataOutcome::BareLineEnding));
-        assert_eq!(decode(b"a\nb\r\n.\r\n").1, Some(DataOutcome::BareLineEnding));
+        assert_eq!(
+            decode(b"a\rb\r\n.\r\n").1,
+            Some(DataOutcome::BareLineEnding)
+        );
+        assert_eq!(
+            decode(b"a\nb\r\n.\r\n").1,
+            Some(DataOutcome::BareLineEnding)
+        );
     }
 
     #[test]
@@ -229,7 +237,11 @@ mod tests {
         let attack = b"x\r\n.\nMAIL FROM:<a@b>\r\n";
         let whole = decode(attack);
         for split in 0..=attack.len() {
-            assert_eq!(decode_in_chunks(attack, split).1, whole.1, "split at {split}");
+            assert_eq!(
+                decode_in_chunks(attack, split).1,
+                whole.1,
+                "split at {split}"
+            );
         }
     }
 }

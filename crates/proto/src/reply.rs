@@ -91,7 +91,11 @@ impl Reply {
     }
 
     pub fn closing(hostname: &str) -> Reply {
-        Reply::new(221, Enhanced(2, 0, 0), format!("{hostname} closing connection"))
+        Reply::new(
+            221,
+            Enhanced(2, 0, 0),
+            format!("{hostname} closing connection"),
+        )
     }
 
     pub fn ok() -> Reply {
@@ -173,7 +177,11 @@ impl Reply {
     }
 
     pub fn bad_address(detail: &str) -> Reply {
-        Reply::new(501, Enhanced(5, 1, 3), format!("Bad address syntax: {detail}"))
+        Reply::new(
+            501,
+            Enhanced(5, 1, 3),
+            format!("Bad address syntax: {detail}"),
+        )
     }
 
     pub fn not_implemented(verb: &str) -> Reply {
@@ -185,7 +193,11 @@ impl Reply {
     }
 
     pub fn bad_sequence(what: &str) -> Reply {
-        Reply::new(503, Enhanced(5, 5, 1), format!("Bad sequence of commands: {what}"))
+        Reply::new(
+            503,
+            Enhanced(5, 5, 1),
+            format!("Bad sequence of commands: {what}"),
+        )
     }
 
     pub fn unknown_parameter(param: &str) -> Reply {
@@ -242,7 +254,9 @@ impl Reply {
         Reply::new(
             452,
             Enhanced(4, 5, 3),
-            format!("Too many recipients: at most {limit} per message; send the rest in another message"),
+            format!(
+                "Too many recipients: at most {limit} per message; send the rest in another message"
+            ),
         )
     }
 
@@ -296,7 +310,11 @@ impl Reply {
     }
 
     pub fn auth_already() -> Reply {
-        Reply::new(503, Enhanced(5, 5, 1), "Bad sequence of commands: already authenticated")
+        Reply::new(
+            503,
+            Enhanced(5, 5, 1),
+            "Bad sequence of commands: already authenticated",
+        )
     }
 
     pub fn auth_unknown_mechanism() -> Reply {
@@ -373,7 +391,9 @@ impl Reply {
         Reply::new(
             553,
             Enhanced(5, 7, 1),
-            format!("Sender address <{address}> is not owned by login {login}; use your own address in MAIL FROM"),
+            format!(
+                "Sender address <{address}> is not owned by login {login}; use your own address in MAIL FROM"
+            ),
         )
     }
 
@@ -415,7 +435,10 @@ mod tests {
     #[test]
     fn multi_line_reply_uses_dash_continuations() {
         let r = Reply::ehlo(vec!["host".into(), "PIPELINING".into(), "SIZE 10".into()]);
-        assert_eq!(r.to_bytes(), b"250-host\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+        assert_eq!(
+            r.to_bytes(),
+            b"250-host\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
     }
 
     #[test]

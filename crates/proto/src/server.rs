@@ -114,9 +114,16 @@ enum SaslStep {
 
 #[derive(Debug)]
 enum Pending {
-    Mail { from: ReversePath, params: MailParams },
-    Rcpt { to: ForwardPath },
-    Auth { login: String },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
+    Rcpt {
+        to: ForwardPath,
+    },
+    Auth {
+        login: String,
+    },
     Spool,
 }
 
@@ -241,7 +248,8 @@ impl Session {
 
     /// Answers a `Question::Auth`: the login on success, or the reply to send.
     pub fn handle_auth(&mut self, result: Result<(), Reply>) {
-        let Some(Pending::Auth { login }) = self.take_pending_if(|p| matches!(p, Pending::Auth { .. }))
+        let Some(Pending::Auth { login }) =
+            self.take_pending_if(|p| matches!(p, Pending::Auth { .. }))
         else {
             return;
         };
@@ -395,9 +403,7 @@ impl Session {
             }
             CommandError::Syntax(usage) => self.protocol_error(Reply::syntax(usage)),
             CommandError::Address(e) => self.protocol_error(Reply::bad_address(&e.to_string())),
-            CommandError::UnknownParameter(p) => {
-                self.protocol_error(Reply::unknown_parameter(&p))
-            }
+            CommandError::UnknownParameter(p) => self.protocol_error(Reply::unknown_parameter(&p)),
         }
     }
 
@@ -518,8 +524,7 @@ impl Session {
         match (&self.phase, &self.tx) {
             (Phase::AwaitingRcpt, Some(tx)) if !tx.rcpts.is_empty() => {
                 self.send(Reply::start_data());
-                self.phase =
-                    Phase::ReceivingData(DataDecoder::new(self.config.max_message_size));
+                self.phase = Phase::ReceivingData(DataDecoder::new(self.config.max_message_size));
             }
             // RFC 2920 §3.1: with pipelining, DATA after refused recipients gets 554.
             (Phase::AwaitingRcpt, Some(_)) => self.send(Reply::no_valid_recipients()),
@@ -577,7 +582,9 @@ impl Session {
             return self.protocol_error(Reply::auth_already());
         }
         if self.tx.is_some() {
-            return self.protocol_error(Reply::bad_sequence("AUTH is not allowed during a transaction"));
+            return self.protocol_error(Reply::bad_sequence(
+                "AUTH is not allowed during a transaction",
+            ));
         }
         if !self.tls {
             return self.protocol_error(Reply::auth_needs_tls());
@@ -586,7 +593,9 @@ impl Session {
             return self.protocol_error(Reply::auth_unknown_mechanism());
         };
         match (mechanism, initial_response) {
-            (Mechanism::Plain, Some(resp)) => self.handle_sasl_response(SaslStep::Plain, resp.as_bytes()),
+            (Mechanism::Plain, Some(resp)) => {
+                self.handle_sasl_response(SaslStep::Plain, resp.as_bytes())
+            }
             (Mechanism::Plain, None) => self.sasl_challenge(SaslStep::Plain, ""),
             (Mechanism::Login, Some(resp)) => {
                 self.handle_sasl_response(SaslStep::LoginUser, resp.as_bytes())
@@ -686,7 +695,10 @@ impl Session {
     /// An answer that matches no question is a bug in the server; the session ignores it
     /// rather than act on a state it is not in.
     fn unexpected_answer(&mut self, taken: Option<Pending>) {
-        debug_assert!(taken.is_none(), "answer does not match the pending question");
+        debug_assert!(
+            taken.is_none(),
+            "answer does not match the pending question"
+        );
         if let Some(p) = taken {
             self.phase = Phase::Waiting(p);
         }

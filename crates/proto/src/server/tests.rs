@@ -44,8 +44,12 @@ impl Driver {
     fn drain(&mut self) {
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::Send(r) => self.output.push_str(&String::from_utf8(r.to_bytes()).unwrap()),
-                Action::Ask(Question::Mail { .. }) => self.session.handle_verdict(Reply::sender_ok()),
+                Action::Send(r) => self
+                    .output
+                    .push_str(&String::from_utf8(r.to_bytes()).unwrap()),
+                Action::Ask(Question::Mail { .. }) => {
+                    self.session.handle_verdict(Reply::sender_ok())
+                }
                 Action::Ask(Question::Rcpt { to, .. }) => {
                     let local = matches!(&to, ForwardPath::Mailbox(m)
                         if m.domain() == &Domain::Name("example.com".into()));
@@ -58,7 +62,11 @@ impl Driver {
                 }
                 Action::Ask(Question::Auth(c)) => {
                     let ok = c.password == "secret" && c.authzid.is_none();
-                    self.session.handle_auth(if ok { Ok(()) } else { Err(Reply::auth_failed()) });
+                    self.session.handle_auth(if ok {
+                        Ok(())
+                    } else {
+                        Err(Reply::auth_failed())
+                    });
                 }
                 Action::Spool(tx) => {
                     self.spooled.push(tx);
@@ -164,7 +172,10 @@ fn commands_pipelined_after_starttls_are_discarded() {
         format!("{GREETING}{EHLO_PLAIN}220 2.0.0 Ready to start TLS\r\n<TLS>\r\n")
     );
     d.feed(b"MAIL FROM:<a@b.test>\r\n");
-    assert!(d.output.ends_with("503 5.5.1 Bad sequence of commands: send EHLO first\r\n"));
+    assert!(
+        d.output
+            .ends_with("503 5.5.1 Bad sequence of commands: send EHLO first\r\n")
+    );
 }
 
 #[test]
@@ -229,7 +240,9 @@ fn declared_size_over_the_limit_gets_552() {
 fn oversized_data_gets_552_and_the_session_goes_on() {
     let body = "x".repeat(600);
     let d = transcript(
-        &format!("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n{body}\r\n{body}\r\n.\r\nNOOP\r\n"),
+        &format!(
+            "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n{body}\r\n{body}\r\n.\r\nNOOP\r\n"
+        ),
         &format!(
             "{GREETING}{EHLO_PLAIN}250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n354 2.0.0 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Message too big: the limit is 1000 bytes\r\n250 2.0.0 Ok\r\n"
         ),
@@ -282,7 +295,9 @@ fn garbage_gets_500_and_too_many_errors_close_with_421() {
 fn bare_lf_in_a_command_is_an_error() {
     transcript(
         "NOOP\nNOOP\r\n",
-        &format!("{GREETING}500 5.5.2 Bare LF or CR in command: end every line with CRLF\r\n250 2.0.0 Ok\r\n"),
+        &format!(
+            "{GREETING}500 5.5.2 Bare LF or CR in command: end every line with CRLF\r\n250 2.0.0 Ok\r\n"
+        ),
     );
 }
 

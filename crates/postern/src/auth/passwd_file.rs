@@ -1,0 +1,1055 @@
+//! The passwd-file: Dovecot's format, its parser, the backend that reads it, and the edits
+//! `postern user add|passwd|del|list` make.
+//!
+//! One account a line, `user@example.com:{SCHEME}hash[:uid:gid:gecos:home:shell:extra_fields]`,
+//! so that the same file can serve Dovecot. Blank lines and lines starting with `#` are
+//! ignored by the parser and kept verbatim by the edits. The parser is strict: a line it
+//! cannot read, or a login written twice (ignoring case), makes the whole file unusable,
+//! because guessing which line was meant could let the wrong password in.
+//!
+//! [`PasswdFile`] stats the file on every call and reloads it when it changed, so edits take
+//! effect without a restart. Edits replace the file atomically (temporary file, fsync,
+//! rename, fsync of the directory), keeping its mode and owner; two edits running at the same
+//! moment can still lose one of them, as with `vipw` without its lock.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+
+use super::{Account, AuthError, Credentials, Verification, canonical, scheme};
+
+/// One account line of a passwd-file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The login as written in the file (compare it with [`canonical`] case folding).
+    pub login: String,
+    /// The password hash as written, e.g. `{SHA512-CRYPT}$6$…`.
+    pub hash: String,
+    /// The remaining fields (uid, gid, gecos, home, shell, extra fields), kept verbatim.
+    pub rest: Vec<String>,
+}
+
+/// Why a passwd-file could not be read or changed. The messages are written for the person
+/// running `postern user` or reading the log.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswdError {
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A line of the file is not valid.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with the line.
+        message: String,
+    },
+    /// `user add` for a login that is already in the file.
+    #[error("user {0} already exists")]
+    UserExists(String),
+    /// An edit of a login that is not in the file.
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    /// The login cannot be written to the file.
+    #[error("invalid login {0:?}: {1}")]
+    InvalidLogin(String, String),
+    /// An empty password was given.
+    #[error("the password must not be empty")]
+    EmptyPassword,
+}
+
+/// Parses the text of a passwd-file; `path` is used in error messages only.
+pub fn parse(text: &str, path: &str) -> Result<Vec<Entry>, PasswdError> {
+    let lines = parse_numbered(text, path)?;
+    Ok(lines.into_iter().map(|line| line.entry).collect())
+}
+
+/// The passwd-file backend.
+///
+/// Reloads the file automatically when it changed since the last load (it stats the file on
+/// each call), so `postern user add` takes effect without a restart. A missing file means "no
+/// users". Any other read or parse error makes lookups and verifications return
+/// [`AuthError::Unavailable`], never "no such user": a broken file gives temporary failures.
+pub struct PasswdFile {
+    path: PathBuf,
+    cache: RwLock<Cache>,
+}
+
+impl PasswdFile {
+    /// A backend for the file at `path`. Nothing is read until the first call.
+    pub fn new(path: impl Into<PathBuf>) -> PasswdFile {
+        PasswdFile {
+            path: path.into(),
+            cache: RwLock::new(Cache::empty()),
+        }
+    }
+
+    /// The file this backend reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the file now, whether or not it changed, and returns how many accounts it holds
+    /// (0 for a missing file). On error, later calls answer [`AuthError::Unavailable`] until
+    /// the file is fixed.
+    pub fn reload(&self) -> Result<usize, PasswdError> {
+        let observed = observe(&self.path)?;
+        let (cache, outcome) = load(&self.path, observed, SystemTime::now());
+        self.store(cache);
+        outcome
+    }
+
+    /// The accounts as of the file's current state, reloading it when it changed.
+    fn users(&self) -> Result<Arc<Users>, AuthError> {
+        let observed = observe(&self.path).map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        if let Some(users) = self.cached(observed) {
+            return users;
+        }
+        let (cache, _) = load(&self.path, observed, SystemTime::now());
+        let users = cache.users.clone();
+        self.store(cache);
+        users.map_err(AuthError::Unavailable)
+    }
+
+    /// The cached accounts, if the cache was made from the file as it is now.
+    fn cached(&self, observed: Observed) -> Option<Result<Arc<Users>, AuthError>> {
+        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
+        if cache.valid_for != Some(observed) {
+            return None;
+        }
+        Some(cache.users.clone().map_err(AuthError::Unavailable))
+    }
+
+    fn store(&self, cache: Cache) {
+        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = cache;
+    }
+}
+
+impl fmt::Debug for PasswdFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswdFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials for PasswdFile {
+    fn verify(&self, login: &str, password: &str) -> Result<Verification, AuthError> {
+        let users = self.users()?;
+        let user = users
+            .get(&canonical(login))
+            .filter(|_| !password.is_empty());
+        let Some(user) = user else {
+            // Spend as long as for a real user, so that timing does not tell them apart.
+            let _ = scheme::verify(UNKNOWN_USER_HASH, password);
+            return Ok(Verification::Rejected);
+        };
+        match scheme::verify(&user.hash, password) {
+            Ok(true) => Ok(Verification::Accepted),
+            Ok(false) => Ok(Verification::Rejected),
+            Err(source) => Err(AuthError::BadHash {
+                login: user.login.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn lookup(&self, address: &str) -> Result<Option<Account>, AuthError> {
+        let users = self.users()?;
+        let account = users.get(&canonical(address)).map(|user| Account {
+            login: user.login.clone(),
+        });
+        Ok(account)
+    }
+}
+
+/// Adds an account with a new `{SHA512-CRYPT}` hash of `password`, creating the file (mode
+/// 0600) and its directory if missing. The login is stored in lower case.
+pub fn add_user(path: &Path, login: &str, password: &str) -> Result<(), PasswdError> {
+    let login = validate_login(login)?;
+    require_password(password)?;
+    let mut text = read_existing(path)?;
+    let lines = parse_numbered(&text, &path.display().to_string())?;
+    if find(&lines, &login).is_some() {
+        return Err(PasswdError::UserExists(login));
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "{login}:{}\n",
+        scheme::hash_sha512_crypt(password)
+    ));
+    write_atomically(path, &text)
+}
+
+/// Replaces the password of an existing account with a new `{SHA512-CRYPT}` hash, keeping
+/// the login as written and the other fields.
+pub fn set_password(path: &Path, login: &str, password: &str) -> Result<(), PasswdError> {
+    require_password(password)?;
+    let text = read_required(path)?;
+    let lines = parse_numbered(&text, &path.display().to_string())?;
+    let Some(line) = find(&lines, &canonical(login)) else {
+        return Err(PasswdError::NoSuchUser(login.to_owned()));
+    };
+    let mut entry = line.entry.clone();
+    entry.hash = scheme::hash_sha512_crypt(password);
+    let text = replace_line(&text, line.index, Some(&render(&entry)));
+    write_atomically(path, &text)
+}
+
+/// Removes an account, keeping every other line verbatim.
+pub fn delete_user(path: &Path, login: &str) -> Result<(), PasswdError> {
+    let text = read_required(path)?;
+    let lines = parse_numbered(&text, &path.display().to_string())?;
+    let Some(line) = find(&lines, &canonical(login)) else {
+        return Err(PasswdError::NoSuchUser(login.to_owned()));
+    };
+    let text = replace_line(&text, line.index, None);
+    write_atomically(path, &text)
+}
+
+/// The logins in file order, as written. A missing file has none.
+pub fn list_users(path: &Path) -> Result<Vec<String>, PasswdError> {
+    let text = read_existing(path)?;
+    let entries = parse(&text, &path.display().to_string())?;
+    Ok(entries.into_iter().map(|entry| entry.login).collect())
+}
+
+impl fmt::Debug for Entry {
+    /// Leaves the hash out: a `{PLAIN}` hash is the password itself.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("login", &self.login)
+            .field("hash", &"<redacted>")
+            .field("rest", &self.rest)
+            .finish()
+    }
+}
+
+/// A SHA-512-crypt hash of a random password nobody knows, checked for unknown logins.
+const UNKNOWN_USER_HASH: &str = "{SHA512-CRYPT}$6$9y90oIN0QA4DHT4e$sNMUC1PqkpBsdJnSvBA4eJ1gOeaoS.RVln/GOOJveEvxHXMPToyCcOBKVtLr7tgTvZGvQ7Ij9BHzIvrQ/G6tx0";
+
+/// A file changed less than this before it was read may change again within the same
+/// timestamp tick, unseen by a later stat; such a load is not trusted and is redone on the
+/// next call. Timestamp ticks are a few milliseconds on Linux, 2 s on FAT.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// The accounts by canonical login.
+type Users = HashMap<String, User>;
+
+/// What the backend keeps of an account.
+struct User {
+    /// The canonical (lower-case) login.
+    login: String,
+    hash: String,
+}
+
+/// What a stat of the passwd-file showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Observed {
+    Missing,
+    Present(Stamp),
+}
+
+/// Enough of a file's metadata to notice any rewrite: in place (size, times) or by rename
+/// (device and inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// The last load: its accounts or the reason the file is unusable, and the file state it is
+/// valid for (`None`: reload on the next call).
+struct Cache {
+    valid_for: Option<Observed>,
+    users: Result<Arc<Users>, String>,
+}
+
+impl Cache {
+    fn empty() -> Cache {
+        Cache {
+            valid_for: None,
+            users: Ok(Arc::default()),
+        }
+    }
+}
+
+/// Stats the file; only a missing file (`ENOENT`) counts as "no users".
+fn observe(path: &Path) -> Result<Observed, PasswdError> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(Observed::Present(stamp(&meta))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Observed::Missing),
+        Err(source) => Err(io_error(path, source)),
+    }
+}
+
+fn stamp(meta: &fs::Metadata) -> Stamp {
+    Stamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
+    }
+}
+
+/// Reads and parses the file seen as `observed`; returns the new cache and, for `reload`,
+/// the number of accounts or the error (which is also logged).
+fn load(
+    path: &Path,
+    observed: Observed,
+    loaded_at: SystemTime,
+) -> (Cache, Result<usize, PasswdError>) {
+    let outcome = read_existing(path).and_then(|text| index(&text, path));
+    let valid_for = match (&outcome, observed) {
+        // A read error may be passing (EMFILE, EIO): retry on the next call.
+        (Err(PasswdError::Io { .. }), _) => None,
+        (_, Observed::Present(stamp)) if is_racy(&stamp, loaded_at) => None,
+        _ => Some(observed),
+    };
+    let (users, count) = match outcome {
+        Ok(users) => {
+            let count = users.len();
+            (Ok(Arc::new(users)), Ok(count))
+        }
+        Err(e) => {
+            tracing::error!(event = "passwd_file_unusable", path = %path.display(), error = %e);
+            (Err(e.to_string()), Err(e))
+        }
+    };
+    (Cache { valid_for, users }, count)
+}
+
+/// Whether a load keyed on `stamp` could miss a later change: one made within the same
+/// timestamp tick as the change that `stamp` records. The inode change time is used because
+/// no one can set it back (`touch -d`, `rsync -t` can set the modification time).
+fn is_racy(stamp: &Stamp, now: SystemTime) -> bool {
+    let (secs, nanos) = stamp.ctime;
+    let changed = u64::try_from(secs)
+        .ok()
+        .zip(u32::try_from(nanos).ok())
+        .and_then(|(secs, nanos)| UNIX_EPOCH.checked_add(Duration::new(secs, nanos)));
+    match changed.map(|changed| now.duration_since(changed)) {
+        Some(Ok(age)) => age < RACY_WINDOW,
+        // Changed "in the future" (clock skew) or unrepresentable: never trust the cache.
+        _ => true,
+    }
+}
+
+/// Parses the text into accounts by canonical login.
+fn index(text: &str, path: &Path) -> Result<Users, PasswdError> {
+    let lines = parse_numbered(text, &path.display().to_string())?;
+    let users = lines
+        .into_iter()
+        .map(|line| {
+            let login = canonical(&line.entry.login);
+            let user = User {
+                login: login.clone(),
+                hash: line.entry.hash,
+            };
+            (login, user)
+        })
+        .collect();
+    Ok(users)
+}
+
+/// An account line and where it is.
+struct NumberedEntry {
+    /// The line's index, from 0 (its line number minus one).
+    index: usize,
+    entry: Entry,
+}
+
+/// Parses every line, remembering line numbers, and rejects duplicate logins.
+fn parse_numbered(text: &str, path: &str) -> Result<Vec<NumberedEntry>, PasswdError> {
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    let mut entries = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let parse_error = |message: String| PasswdError::Parse {
+            path: path.to_owned(),
+            line: number,
+            message,
+        };
+        let Some(entry) = parse_line(line).map_err(parse_error)? else {
+            continue;
+        };
+        let key = canonical(&entry.login);
+        if let Some(first) = first_seen.insert(key, number) {
+            return Err(parse_error(format!(
+                "duplicate login {:?} (first on line {first})",
+                entry.login
+            )));
+        }
+        entries.push(NumberedEntry { index, entry });
+    }
+    Ok(entries)
+}
+
+/// Parses one line: `None` for a blank line or a comment.
+fn parse_line(line: &str) -> Result<Option<Entry>, String> {
+    if line.trim().is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let mut fields = line.split(':');
+    let login = fields.next().unwrap_or_default();
+    let Some(hash) = fields.next() else {
+        return Err("expected LOGIN:{SCHEME}HASH, found no ':'".into());
+    };
+    if login.is_empty() {
+        return Err("empty login before the first ':'".into());
+    }
+    if let Some(why) = bad_login_char(login) {
+        return Err(format!("login {login:?} {why}"));
+    }
+    if hash.is_empty() {
+        return Err(format!("empty password hash for {login:?}"));
+    }
+    Ok(Some(Entry {
+        login: login.to_owned(),
+        hash: hash.to_owned(),
+        rest: fields.map(str::to_owned).collect(),
+    }))
+}
+
+/// Why a login can't be in the file, if it can't.
+fn bad_login_char(login: &str) -> Option<&'static str> {
+    if login.chars().any(char::is_whitespace) {
+        return Some("contains whitespace");
+    }
+    if login.chars().any(char::is_control) {
+        return Some("contains a control character");
+    }
+    if login.contains(':') {
+        return Some("contains ':'");
+    }
+    None
+}
+
+/// Checks a login for `user add` and returns its canonical form.
+fn validate_login(login: &str) -> Result<String, PasswdError> {
+    let invalid = |why: &str| PasswdError::InvalidLogin(login.to_owned(), why.to_owned());
+    let Some((local, domain)) = login.split_once('@') else {
+        return Err(invalid("expected an address like user@example.com"));
+    };
+    if domain.contains('@') {
+        return Err(invalid("contains more than one '@'"));
+    }
+    if local.is_empty() || domain.is_empty() {
+        return Err(invalid("the parts before and after '@' must not be empty"));
+    }
+    if let Some(why) = bad_login_char(login) {
+        return Err(invalid(why));
+    }
+    if login.starts_with('#') {
+        return Err(invalid(
+            "must not start with '#' (the line would be a comment)",
+        ));
+    }
+    Ok(canonical(login))
+}
+
+fn require_password(password: &str) -> Result<(), PasswdError> {
+    if password.is_empty() {
+        return Err(PasswdError::EmptyPassword);
+    }
+    Ok(())
+}
+
+fn find<'a>(lines: &'a [NumberedEntry], canonical_login: &str) -> Option<&'a NumberedEntry> {
+    lines
+        .iter()
+        .find(|line| canonical(&line.entry.login) == canonical_login)
+}
+
+/// Writes an entry back as a line, without its line ending.
+fn render(entry: &Entry) -> String {
+    let mut fields = vec![entry.login.as_str(), entry.hash.as_str()];
+    fields.extend(entry.rest.iter().map(String::as_str));
+    fields.join(":")
+}
+
+/// The text with line `index` replaced (keeping its line ending) or, for `None`, removed.
+fn replace_line(text: &str, index: usize, replacement: Option<&str>) -> String {
+    let mut out = String::with_capacity(text.len() + 128);
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if i != index {
+            out.push_str(line);
+            continue;
+        }
+        let Some(replacement) = replacement else {
+            continue;
+        };
+        let content = line.trim_end_matches('\n').trim_end_matches('\r');
+        out.push_str(replacement);
+        out.push_str(&line[content.len()..]);
+    }
+    out
+}
+
+/// The file's text, or an empty text if it does not exist.
+fn read_existing(path: &Path) -> Result<String, PasswdError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(io_error(path, source)),
+    }
+}
+
+/// The file's text; a missing file is an error.
+fn read_required(path: &Path) -> Result<String, PasswdError> {
+    fs::read_to_string(path).map_err(|source| io_error(path, source))
+}
+
+/// Replaces the file with `contents` so that a crash leaves either the old or the new file:
+/// temporary file in the same directory, fsync, rename over, fsync the directory.
+fn write_atomically(path: &Path, contents: &str) -> Result<(), PasswdError> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+    let existing = match fs::metadata(path) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => return Err(io_error(path, source)),
+    };
+    let temp = temp_path(path)?;
+    let written = write_temp(&temp, contents, existing.as_ref())
+        .and_then(|()| fs::rename(&temp, path).map_err(|source| io_error(path, source)));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| io_error(dir, source))
+}
+
+/// Writes and fsyncs the temporary file, with the old file's owner and mode, or 0600.
+fn write_temp(
+    temp: &Path,
+    contents: &str,
+    existing: Option<&fs::Metadata>,
+) -> Result<(), PasswdError> {
+    let io = |source| io_error(temp, source);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temp)
+        .map_err(io)?;
+    let mode = match existing {
+        Some(old) => {
+            keep_owner(&file, old).map_err(io)?;
+            old.mode() & 0o7777
+        }
+        None => 0o600,
+    };
+    // Set after creation, so that the umask does not change it.
+    file.set_permissions(Permissions::from_mode(mode))
+        .map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// Gives the new file the old one's owner and group, so that root editing a file owned by
+/// the server's user does not make it unreadable to the server.
+fn keep_owner(file: &File, old: &fs::Metadata) -> io::Result<()> {
+    let new = file.metadata()?;
+    if new.uid() == old.uid() && new.gid() == old.gid() {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// A fresh hidden name beside `path`: `.NAME.PID.RANDOM.tmp`.
+fn temp_path(path: &Path) -> Result<PathBuf, PasswdError> {
+    let Some(name) = path.file_name() else {
+        let source = io::Error::new(io::ErrorKind::InvalidInput, "not a file name");
+        return Err(io_error(path, source));
+    };
+    let mut temp = OsString::from(".");
+    temp.push(name);
+    temp.push(format!(
+        ".{}.{:016x}.tmp",
+        std::process::id(),
+        rand::rng().random::<u64>()
+    ));
+    Ok(parent_dir(path).join(temp))
+}
+
+fn io_error(path: &Path, source: io::Error) -> PasswdError {
+    PasswdError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::SchemeError;
+
+    // `openssl passwd -6 -salt saltsalt secret`
+    const SECRET: &str = "{SHA512-CRYPT}$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+    // `openssl passwd -6 -salt saltsalt new-secret` (same length as SECRET)
+    const NEW_SECRET: &str = "{SHA512-CRYPT}$6$saltsalt$oMbAuMkPD4LcgeuAaI57Y7oHI0G2C6nkDK7GJ9wr4gPfI2ShdAuNB8Ti4jd6c3g1U3I7ADdPq0Qvm.CyYpLUN/";
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    fn write(path: &Path, text: &str) {
+        fs::write(path, text).unwrap();
+    }
+
+    fn parse_error(text: &str) -> (usize, String) {
+        match parse(text, "/etc/postern/passwd") {
+            Err(e @ PasswdError::Parse { line, .. }) => (line, e.to_string()),
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    fn accepted(backend: &PasswdFile, login: &str, password: &str) -> bool {
+        backend.verify(login, password).unwrap() == Verification::Accepted
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn parses_accounts_comments_blank_lines_and_extra_fields() {
+        let text = "# accounts\n\
+                    \n\
+                    a@example.com:{PLAIN}x\n   \n\
+                    B@Example.com:$6$s$h:1000:1000::/home/b::userdb_quota_rule=*:storage=1G\r\n\
+                    c@example.com:{BLF-CRYPT}$2y$05$abc";
+        let entries = parse(text, "p").unwrap();
+        let logins: Vec<_> = entries.iter().map(|e| e.login.as_str()).collect();
+        assert_eq!(logins, ["a@example.com", "B@Example.com", "c@example.com"]);
+        assert_eq!(entries[0].hash, "{PLAIN}x");
+        assert!(entries[0].rest.is_empty());
+        assert_eq!(entries[1].hash, "$6$s$h");
+        assert_eq!(
+            entries[1].rest,
+            [
+                "1000",
+                "1000",
+                "",
+                "/home/b",
+                "",
+                "userdb_quota_rule=*",
+                "storage=1G"
+            ]
+        );
+        assert_eq!(entries[2].hash, "{BLF-CRYPT}$2y$05$abc");
+    }
+
+    #[test]
+    fn parse_errors_name_the_file_and_line() {
+        let ok = "# header\na@example.com:{PLAIN}x\n";
+        let (line, msg) = parse_error(&format!("{ok}\nno-colon-here\n"));
+        assert_eq!(line, 4);
+        assert!(msg.starts_with("/etc/postern/passwd:4: "), "{msg}");
+        assert!(msg.contains("no ':'"), "{msg}");
+
+        let (line, msg) = parse_error(&format!("{ok}:{{PLAIN}}x\n"));
+        assert_eq!(line, 3);
+        assert!(msg.contains("empty login"), "{msg}");
+
+        let (line, msg) = parse_error(&format!("{ok}b@example.com:\n"));
+        assert_eq!(line, 3);
+        assert!(msg.contains("empty password hash"), "{msg}");
+
+        let (line, msg) = parse_error(&format!("{ok}b@example.com::1000\n"));
+        assert_eq!(line, 3);
+        assert!(msg.contains("empty password hash"), "{msg}");
+
+        let (line, msg) = parse_error(&format!("{ok}b @example.com:{{PLAIN}}x\n"));
+        assert_eq!(line, 3);
+        assert!(msg.contains("whitespace"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_logins_are_errors_ignoring_case() {
+        let (line, msg) = parse_error("a@example.com:{PLAIN}x\n#\nA@EXAMPLE.com:{PLAIN}y\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("duplicate") && msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn entry_debug_hides_the_hash() {
+        let entries = parse("a@example.com:{PLAIN}hunter2\n", "p").unwrap();
+        assert!(!format!("{entries:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn verifies_and_looks_up_case_insensitively() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        write(&path, &format!("Alice@Example.COM:{SECRET}:1000:1000\n"));
+        let backend = PasswdFile::new(&path);
+        assert!(accepted(&backend, "alice@example.com", "secret"));
+        assert!(accepted(&backend, "ALICE@example.com", "secret"));
+        assert!(!accepted(&backend, "alice@example.com", "Secret"));
+        assert!(!accepted(&backend, "alice@example.com", ""));
+        assert!(!accepted(&backend, "bob@example.com", "secret"));
+        let account = backend.lookup("aLiCe@eXample.com").unwrap();
+        assert_eq!(
+            account,
+            Some(Account {
+                login: "alice@example.com".into()
+            })
+        );
+        assert_eq!(backend.lookup("bob@example.com").unwrap(), None);
+        assert_eq!(backend.reload().unwrap(), 1);
+    }
+
+    #[test]
+    fn reloads_when_the_file_changes() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        write(&path, &format!("a@example.com:{SECRET}\n"));
+        let backend = PasswdFile::new(&path);
+        assert!(accepted(&backend, "a@example.com", "secret"));
+        // Rewritten in place, same size: only the times (and the racy check) show it.
+        write(&path, &format!("a@example.com:{NEW_SECRET}\n"));
+        assert!(accepted(&backend, "a@example.com", "new-secret"));
+        assert!(!accepted(&backend, "a@example.com", "secret"));
+        // Replaced by rename, as `postern user` does.
+        set_password(&path, "a@example.com", "third").unwrap();
+        assert!(accepted(&backend, "a@example.com", "third"));
+        add_user(&path, "b@example.com", "bee").unwrap();
+        assert!(accepted(&backend, "b@example.com", "bee"));
+        delete_user(&path, "a@example.com").unwrap();
+        assert_eq!(backend.lookup("a@example.com").unwrap(), None);
+    }
+
+    #[test]
+    fn only_loads_of_recently_changed_files_are_racy() {
+        let stamp_at = |secs: i64, nanos: i64| Stamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime: (0, 0),
+            ctime: (secs, nanos),
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(!is_racy(&stamp_at(999_990, 0), now));
+        assert!(!is_racy(&stamp_at(999_997, 999_999_999), now));
+        assert!(is_racy(&stamp_at(999_998, 1), now));
+        assert!(is_racy(&stamp_at(1_000_000, 0), now));
+        assert!(is_racy(&stamp_at(1_000_005, 0), now));
+        assert!(is_racy(&stamp_at(-1, 0), now));
+        assert!(is_racy(&stamp_at(999_990, -1), now));
+    }
+
+    #[test]
+    fn an_unchanged_file_is_served_from_the_cache() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        write(&path, "a@example.com:{PLAIN}x\n");
+        let backend = PasswdFile::new(&path);
+        assert_eq!(backend.reload().unwrap(), 1);
+        // Just written: racy, so not trusted yet.
+        assert_eq!(backend.cache.read().unwrap().valid_for, None);
+        let observed = observe(&path).unwrap();
+        assert!(backend.cached(observed).is_none());
+
+        // Loaded a while after the change: trusted while the stamp stays the same.
+        let later = SystemTime::now() + Duration::from_secs(10);
+        let (cache, count) = load(&path, observed, later);
+        assert_eq!(count.unwrap(), 1);
+        assert_eq!(cache.valid_for, Some(observed));
+        backend.store(cache);
+        let users = backend.cached(observe(&path).unwrap()).unwrap().unwrap();
+        assert!(users.contains_key("a@example.com"));
+
+        // Any change of the file (here its mode, so only the ctime moves) invalidates it.
+        fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        assert!(backend.cached(observe(&path).unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_missing_file_means_no_users_until_it_appears() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        let backend = PasswdFile::new(&path);
+        assert_eq!(backend.lookup("a@example.com").unwrap(), None);
+        assert_eq!(
+            backend.verify("a@example.com", "secret").unwrap(),
+            Verification::Rejected
+        );
+        assert_eq!(backend.reload().unwrap(), 0);
+        write(&path, &format!("a@example.com:{SECRET}\n"));
+        assert!(accepted(&backend, "a@example.com", "secret"));
+    }
+
+    #[test]
+    fn an_unreadable_file_is_unavailable_not_empty() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        fs::create_dir(&path).unwrap();
+        let backend = PasswdFile::new(&path);
+        assert!(matches!(
+            backend.lookup("a@example.com"),
+            Err(AuthError::Unavailable(_))
+        ));
+        assert!(matches!(
+            backend.verify("a@example.com", "secret"),
+            Err(AuthError::Unavailable(_))
+        ));
+        assert!(matches!(backend.reload(), Err(PasswdError::Io { .. })));
+    }
+
+    #[test]
+    fn a_malformed_file_is_unavailable_until_fixed() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        write(&path, &format!("a@example.com:{SECRET}\n"));
+        let backend = PasswdFile::new(&path);
+        assert!(accepted(&backend, "a@example.com", "secret"));
+        write(&path, &format!("a@example.com:{SECRET}\nbroken line\n"));
+        match backend.lookup("a@example.com") {
+            Err(AuthError::Unavailable(msg)) => assert!(
+                msg.ends_with(":2: expected LOGIN:{SCHEME}HASH, found no ':'"),
+                "{msg}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            backend.verify("a@example.com", "secret"),
+            Err(AuthError::Unavailable(_))
+        ));
+        assert!(matches!(
+            backend.reload(),
+            Err(PasswdError::Parse { line: 2, .. })
+        ));
+        write(&path, &format!("a@example.com:{SECRET}\n"));
+        assert!(accepted(&backend, "a@example.com", "secret"));
+    }
+
+    #[test]
+    fn an_unusable_hash_is_an_error_for_that_user_only() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        write(
+            &path,
+            &format!("a@example.com:{SECRET}\nb@example.com:{{SSHA}}abc\n"),
+        );
+        let backend = PasswdFile::new(&path);
+        assert!(accepted(&backend, "a@example.com", "secret"));
+        match backend.verify("B@example.com", "secret") {
+            Err(AuthError::BadHash {
+                login,
+                source: SchemeError::UnknownScheme(_),
+            }) => {
+                assert_eq!(login, "b@example.com");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(backend.lookup("b@example.com").unwrap().is_some());
+    }
+
+    #[test]
+    fn add_set_password_delete_round_trip() {
+        let dir = temp_dir();
+        let path = dir.path().join("etc/postern/passwd");
+        add_user(&path, "Alice@Example.com", "first").unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(list_users(&path).unwrap(), ["alice@example.com"]);
+        let backend = PasswdFile::new(&path);
+        assert!(accepted(&backend, "alice@example.com", "first"));
+
+        assert!(matches!(
+            add_user(&path, "ALICE@example.com", "again"),
+            Err(PasswdError::UserExists(login)) if login == "alice@example.com"
+        ));
+        set_password(&path, "ALICE@EXAMPLE.COM", "second").unwrap();
+        assert!(accepted(&backend, "alice@example.com", "second"));
+        assert!(!accepted(&backend, "alice@example.com", "first"));
+
+        delete_user(&path, "alice@example.com").unwrap();
+        assert!(list_users(&path).unwrap().is_empty());
+        assert!(!accepted(&backend, "alice@example.com", "second"));
+        assert!(matches!(
+            delete_user(&path, "alice@example.com"),
+            Err(PasswdError::NoSuchUser(_))
+        ));
+        assert!(matches!(
+            set_password(&path, "alice@example.com", "x"),
+            Err(PasswdError::NoSuchUser(_))
+        ));
+    }
+
+    #[test]
+    fn edits_keep_comments_other_lines_and_fields_verbatim() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        let original = "# managed by hand\n\
+                        a@example.com:{PLAIN}x:1000:1000::/home/a::userdb_quota_rule=*:storage=1G\r\n\
+                        \n\
+                        # the next one is Bob\n\
+                        Bob@example.com:{PLAIN}y\n\
+                        c@example.com:{PLAIN}z";
+        write(&path, original);
+
+        add_user(&path, "d@example.com", "dee").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(&format!("{original}\nd@example.com:{{SHA512-CRYPT}}$6$")),
+            "{text}"
+        );
+        assert_eq!(
+            list_users(&path).unwrap(),
+            [
+                "a@example.com",
+                "Bob@example.com",
+                "c@example.com",
+                "d@example.com"
+            ]
+        );
+
+        delete_user(&path, "BOB@example.com").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(
+                "# managed by hand\n\
+             a@example.com:{PLAIN}x:1000:1000::/home/a::userdb_quota_rule=*:storage=1G\r\n\
+             \n\
+             # the next one is Bob\n\
+             c@example.com:{PLAIN}z\n\
+             d@example.com:"
+            ),
+            "{text}"
+        );
+
+        set_password(&path, "A@example.com", "new").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let line = text.lines().nth(1).unwrap();
+        assert!(
+            line.starts_with("a@example.com:{SHA512-CRYPT}$6$"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(":1000:1000::/home/a::userdb_quota_rule=*:storage=1G\r"),
+            "{line}"
+        );
+        assert!(text.starts_with("# managed by hand\n"));
+        assert!(text.contains("\n\n# the next one is Bob\nc@example.com:{PLAIN}z\n"));
+        assert!(accepted(&PasswdFile::new(&path), "a@example.com", "new"));
+    }
+
+    #[test]
+    fn edits_keep_the_mode_and_leave_no_temporary_files() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        write(&path, "a@example.com:{PLAIN}x\n");
+        fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
+        add_user(&path, "b@example.com", "bee").unwrap();
+        assert_eq!(mode(&path), 0o640);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["passwd"]);
+    }
+
+    #[test]
+    fn edits_refuse_a_malformed_file() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        write(&path, "a@example.com:{PLAIN}x\ngarbage\n");
+        assert!(matches!(
+            add_user(&path, "b@example.com", "x"),
+            Err(PasswdError::Parse { line: 2, .. })
+        ));
+        assert!(matches!(
+            list_users(&path),
+            Err(PasswdError::Parse { line: 2, .. })
+        ));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "a@example.com:{PLAIN}x\ngarbage\n"
+        );
+    }
+
+    #[test]
+    fn invalid_logins_and_empty_passwords_are_refused() {
+        let dir = temp_dir();
+        let path = dir.path().join("passwd");
+        for login in [
+            "alice",
+            "@example.com",
+            "alice@",
+            "a@b@c",
+            "a:b@c",
+            "a b@c",
+            "a\t@c",
+            "a\u{7}@c",
+            "#a@c",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    add_user(&path, login, "pw"),
+                    Err(PasswdError::InvalidLogin(..))
+                ),
+                "{login:?}"
+            );
+        }
+        assert!(matches!(
+            add_user(&path, "a@c", ""),
+            Err(PasswdError::EmptyPassword)
+        ));
+        assert!(!path.exists());
+        assert!(list_users(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn cli_messages_are_clear() {
+        assert_eq!(
+            PasswdError::UserExists("a@b".into()).to_string(),
+            "user a@b already exists"
+        );
+        assert_eq!(
+            PasswdError::NoSuchUser("a@b".into()).to_string(),
+            "no such user: a@b"
+        );
+        let err = add_user(Path::new("/nonexistent/passwd"), "alice", "pw").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid login \"alice\": expected an address like user@example.com"
+        );
+    }
+}

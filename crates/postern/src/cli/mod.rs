@@ -1,0 +1,63 @@
+//! The command line: one file per command, each a thin adapter over the library.
+
+pub mod check_config;
+pub mod serve;
+pub mod user;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "postern",
+    version,
+    about = "A mail server for shared hosting: authenticated submission and attributed local mail"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server in the foreground, logging to stderr.
+    Serve {
+        /// Configuration file (default: $POSTERN_CONFIG, ./postern.toml, /etc/postern/postern.toml, else built-in defaults).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration: exit 0, or exit 1 with FILE:LINE: what is wrong.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Maintain the passwd-file named by auth.passwd_file.
+    User {
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Add a mailbox login (the password is hashed with SHA512-CRYPT).
+    Add {
+        address: String,
+        /// Read the password from the first line of standard input instead of the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a login's password.
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a login.
+    Del { address: String },
+    /// List the logins.
+    List,
+}

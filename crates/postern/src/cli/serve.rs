@@ -1,0 +1,124 @@
+//! `postern serve`: starts the listeners, the queue and delivery, and runs until
+//! SIGTERM or SIGINT. SIGHUP re-reads the passwd-file.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::auth::{Credentials, PasswdFile};
+use crate::config::{Config, Source};
+use crate::delivery::dispatcher::{self, Deliverer};
+use crate::queue::Spool;
+use crate::server::{self, Context, tls};
+
+/// How long open sessions may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub fn run(explicit: Option<&Path>) -> anyhow::Result<()> {
+    crate::logfmt::init();
+    let source = Config::locate(explicit);
+    match &source {
+        Source::Defaults => tracing::info!(
+            event = "starting",
+            config = "defaults",
+            msg = "no configuration file found: running on built-in development defaults (loopback only: mx 127.0.0.1:2525, submission 127.0.0.1:5587, submissions 127.0.0.1:5465; data in ./postern-data; local domain localhost)"
+        ),
+        Source::File(path) => tracing::info!(event = "starting", config = %path.display()),
+    }
+    let config = Config::load(&source)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    for key in config.unimplemented_settings() {
+        tracing::warn!(
+            event = "setting_ignored",
+            key,
+            msg = "this setting is accepted but not acted on by this version"
+        );
+    }
+    let spool = Spool::open(&config.data_dir)
+        .with_context(|| format!("cannot open the queue under {}", config.data_dir.display()))?;
+    let recovered = spool.recover().context("cannot read the queue")?;
+    tracing::info!(event = "queue_recovered", messages = recovered.len(), dir = %spool.dir().display());
+    let users = Arc::new(PasswdFile::new(&config.passwd_file));
+    load_users(&users);
+    let tls = tls::acceptor(&config).context("cannot set up TLS")?;
+    let bound = server::bind(&config).await?;
+    for b in &bound {
+        tracing::info!(event = "listening", listener = %b.listener.name, addr = %b.local_addr(), role = b.listener.role.as_str());
+    }
+    let credentials: Arc<dyn Credentials> = users.clone();
+    let deliverer = Arc::new(Deliverer {
+        config: config.clone(),
+        spool: spool.clone(),
+        users: credentials.clone(),
+    });
+    let delivery = dispatcher::start(deliverer, recovered);
+    let ctx = Arc::new(Context {
+        config,
+        tls,
+        users: credentials,
+        spool,
+        delivery,
+    });
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(handle_signals(stop, users));
+    server::run(ctx, bound, stopped, SHUTDOWN_GRACE).await;
+    tracing::info!(event = "stopped");
+    Ok(())
+}
+
+fn load_users(users: &PasswdFile) {
+    if !users.path().exists() {
+        tracing::warn!(
+            event = "passwd_missing",
+            path = %users.path().display(),
+            msg = "no passwd-file yet: nobody can log in and no local mailbox exists; add one with `postern user add ADDRESS`"
+        );
+        return;
+    }
+    match users.reload() {
+        Ok(count) => tracing::info!(event = "users_loaded", path = %users.path().display(), count),
+        Err(e) => {
+            tracing::error!(event = "users_unavailable", error = %e, msg = "logins and local recipients get temporary failures until the file is fixed")
+        }
+    }
+}
+
+async fn handle_signals(stop: watch::Sender<bool>, users: Arc<PasswdFile>) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!(
+            event = "signals_unavailable",
+            msg = "cannot install signal handlers; stop the server with SIGKILL"
+        );
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!(event = "reload", msg = "re-reading the passwd-file (listeners and other settings need a restart in this version)");
+                load_users(&users);
+            }
+        }
+    }
+    tracing::info!(
+        event = "stopping",
+        msg = "no new connections; open sessions end at their next command"
+    );
+    let _ = stop.send(true);
+}

@@ -1,0 +1,550 @@
+//! The configuration file (TOML), its defaults, and where it is looked up.
+//!
+//! Unknown keys are errors, and every error names the file and line, so a typo never
+//! silently turns a setting off. See `docs/config.md` for every key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the configuration came from: a file, or the built-in development defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Defaults,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+/// A configuration error, rendered `FILE:LINE: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Mx,
+    Submission,
+    Submissions,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mx => "mx",
+            Role::Submission => "submission",
+            Role::Submissions => "submissions",
+        }
+    }
+
+    /// Submission roles require authentication before MAIL FROM.
+    pub fn requires_auth(self) -> bool {
+        !matches!(self, Role::Mx)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    passwd_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSubmission {
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryFile {
+    maildir: Option<String>,
+    relay_host: Option<String>,
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub login_messages_per_hour: u32,
+    pub uid_messages_per_hour: u32,
+    pub auth_failures_before_block: u32,
+    pub auth_block_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            login_messages_per_hour: 0,
+            uid_messages_per_hour: 0,
+            auth_failures_before_block: 10,
+            auth_block_seconds: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    pub domain: String,
+    pub selector: String,
+    pub key: PathBuf,
+}
+
+/// The file as written; `Config` is what the server uses, with defaults filled in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    hostname: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    local_domains: Vec<String>,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<Listener>,
+    tls: Option<Tls>,
+    #[serde(default)]
+    auth: AuthFile,
+    local_submission: Option<LocalSubmission>,
+    #[serde(default)]
+    delivery: DeliveryFile,
+    #[serde(default)]
+    limits: Limits,
+    metrics: Option<Metrics>,
+    #[serde(default, rename = "dkim")]
+    dkim: Vec<DkimKey>,
+}
+
+/// The complete configuration of a running server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    /// Lower case, compared exactly.
+    pub local_domains: Vec<String>,
+    pub listeners: Vec<Listener>,
+    pub tls: Option<Tls>,
+    pub passwd_file: PathBuf,
+    pub local_submission: Option<LocalSubmission>,
+    pub maildir: String,
+    pub relay_host: Option<String>,
+    pub routes: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub metrics: Option<Metrics>,
+    pub dkim: Vec<DkimKey>,
+}
+
+pub const SYSTEM_CONFIG: &str = "/etc/postern/postern.toml";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/postern";
+pub const DEV_DATA_DIR: &str = "./postern-data";
+
+impl Config {
+    /// Finds the configuration: `explicit`, then `$POSTERN_CONFIG`, then
+    /// `./postern.toml`, then `/etc/postern/postern.toml`, else the built-in defaults.
+    pub fn locate(explicit: Option<&Path>) -> Source {
+        if let Some(p) = explicit {
+            return Source::File(p.to_path_buf());
+        }
+        if let Some(p) = std::env::var_os("POSTERN_CONFIG").filter(|p| !p.is_empty()) {
+            return Source::File(PathBuf::from(p));
+        }
+        for candidate in ["postern.toml", SYSTEM_CONFIG] {
+            if Path::new(candidate).exists() {
+                return Source::File(PathBuf::from(candidate));
+            }
+        }
+        Source::Defaults
+    }
+
+    pub fn load(source: &Source) -> Result<Config, ConfigError> {
+        match source {
+            Source::Defaults => Ok(Config::development_defaults()),
+            Source::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source: e,
+                })?;
+                Config::parse(&text, path)
+            }
+        }
+    }
+
+    /// Parses and validates a configuration file's text.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(text, s.start));
+            ConfigError::Invalid {
+                path: path.display().to_string(),
+                line,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let config = Config::from_file(file, path.to_path_buf());
+        validate(&config, text)?;
+        Ok(config)
+    }
+
+    fn from_file(file: ConfigFile, path: PathBuf) -> Config {
+        let data_dir = file
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        Config {
+            source: Source::File(path),
+            hostname: file.hostname.unwrap_or_else(system_hostname),
+            local_domains: file
+                .local_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            listeners: file.listeners,
+            tls: file.tls,
+            passwd_file: file
+                .auth
+                .passwd_file
+                .unwrap_or_else(|| PathBuf::from("/etc/postern/passwd")),
+            local_submission: file.local_submission,
+            maildir: file
+                .delivery
+                .maildir
+                .unwrap_or_else(|| "/var/vmail/%d/%n/Maildir".to_string()),
+            relay_host: file.delivery.relay_host,
+            routes: file.delivery.routes,
+            limits: file.limits,
+            metrics: file.metrics,
+            dkim: file.dkim,
+            data_dir,
+        }
+    }
+
+    /// Loopback only, unprivileged ports, everything under `./postern-data`: a server
+    /// anyone can start to try postern, that nobody outside the machine can reach.
+    pub fn development_defaults() -> Config {
+        let data_dir = PathBuf::from(DEV_DATA_DIR);
+        let listener = |name: &str, port: u16, role| Listener {
+            name: name.to_string(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            role,
+        };
+        Config {
+            source: Source::Defaults,
+            hostname: system_hostname(),
+            local_domains: vec!["localhost".to_string()],
+            listeners: vec![
+                listener("mx", 2525, Role::Mx),
+                listener("submission", 5587, Role::Submission),
+                listener("submissions", 5465, Role::Submissions),
+            ],
+            tls: None,
+            passwd_file: data_dir.join("passwd"),
+            local_submission: None,
+            maildir: format!("{}/mail/%d/%n/Maildir", data_dir.display()),
+            relay_host: None,
+            routes: BTreeMap::new(),
+            limits: Limits::default(),
+            metrics: None,
+            dkim: Vec::new(),
+            data_dir,
+        }
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Settings this version reads but does not act on yet, for a warning at start.
+    pub fn unimplemented_settings(&self) -> Vec<&'static str> {
+        let mut unused = Vec::new();
+        if self.local_submission.is_some() {
+            unused.push("local_submission");
+        }
+        if self.relay_host.is_some() {
+            unused.push("delivery.relay_host");
+        }
+        if !self.routes.is_empty() {
+            unused.push("delivery.routes");
+        }
+        if self.limits.login_messages_per_hour != 0 {
+            unused.push("limits.login_messages_per_hour");
+        }
+        if self.limits.uid_messages_per_hour != 0 {
+            unused.push("limits.uid_messages_per_hour");
+        }
+        if self.metrics.is_some() {
+            unused.push("metrics");
+        }
+        if !self.dkim.is_empty() {
+            unused.push("dkim");
+        }
+        unused
+    }
+}
+
+/// The kernel's host name, or `localhost` when it cannot be read.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |t| t.matches('\n').count() + 1)
+}
+
+/// The line where `needle` first appears at the start of a (trimmed) line, for errors
+/// about values that are valid TOML but not a valid setting.
+fn line_of_key(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle))
+        .map_or(1, |i| i + 1)
+}
+
+fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
+    let path = config.source.to_string();
+    let invalid = |needle: &str, message: String| ConfigError::Invalid {
+        path: path.clone(),
+        line: line_of_key(text, needle),
+        message,
+    };
+    if config.listeners.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: path.clone(),
+            line: 1,
+            message: "no [[listener]] is configured; add one, e.g. name = \"submission\", addr = \"127.0.0.1:587\", role = \"submission\"".into(),
+        });
+    }
+    let mut names = std::collections::HashSet::new();
+    for l in &config.listeners {
+        if l.name.is_empty() {
+            return Err(invalid("name", "listener name must not be empty".into()));
+        }
+        if !names.insert(l.name.as_str()) {
+            let needle = format!("name = \"{}\"", l.name);
+            let line = text
+                .lines()
+                .enumerate()
+                .filter(|(_, t)| t.trim_start().starts_with(&needle))
+                .nth(1)
+                .map_or(1, |(i, _)| i + 1);
+            return Err(ConfigError::Invalid {
+                path: path.clone(),
+                line,
+                message: format!(
+                    "listener name {:?} is used twice; names must be unique",
+                    l.name
+                ),
+            });
+        }
+    }
+    for d in &config.local_domains {
+        if postern_proto::Domain::parse(d)
+            .ok()
+            .and_then(|d| d.name().map(str::to_string))
+            .is_none()
+        {
+            return Err(invalid(
+                "local_domains",
+                format!("local_domains: {d:?} is not a valid domain name"),
+            ));
+        }
+    }
+    if config.hostname.trim().is_empty() || config.hostname.contains(char::is_whitespace) {
+        return Err(invalid(
+            "hostname",
+            "hostname must be one word, e.g. \"mail.example.com\"".into(),
+        ));
+    }
+    let template = &config.maildir;
+    if !template.contains("%d") && !template.contains("%u") && !template.contains("%n") {
+        return Err(invalid(
+            "maildir",
+            "delivery.maildir must contain %n, %d or %u, or every mailbox would share one Maildir"
+                .into(),
+        ));
+    }
+    if config.limits.max_message_size == 0 || config.limits.max_recipients == 0 {
+        return Err(invalid(
+            "max_",
+            "limits.max_message_size and limits.max_recipients must be above 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    const MINIMAL: &str = "[[listener]]\nname = \"mx\"\naddr = \"127.0.0.1:25\"\nrole = \"mx\"\n";
+
+    #[test]
+    fn contract_example_parses() {
+        let text = r#"
+hostname = "mail.example.com"
+data_dir = "/var/lib/postern"
+local_domains = ["Example.com"]
+
+[[listener]]
+name = "mx"
+addr = "0.0.0.0:25"
+role = "mx"
+
+[[listener]]
+name = "submission"
+addr = "0.0.0.0:587"
+role = "submission"
+
+[tls]
+cert = "/etc/postern/cert.pem"
+key  = "/etc/postern/key.pem"
+
+[auth]
+passwd_file = "/etc/postern/passwd"
+
+[local_submission]
+socket = "/run/postern/submit.sock"
+
+[delivery]
+maildir = "/var/vmail/%d/%n/Maildir"
+relay_host = "127.0.0.1:10099"
+[delivery.routes]
+"remote.test" = "127.0.0.1:10099"
+
+[limits]
+max_message_size = 26214400
+max_recipients = 100
+login_messages_per_hour = 0
+uid_messages_per_hour = 0
+auth_failures_before_block = 10
+auth_block_seconds = 600
+
+[metrics]
+addr = "127.0.0.1:9187"
+
+[[dkim]]
+domain = "example.com"
+selector = "s1"
+key = "/var/lib/postern/dkim/example.com.s1.key"
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.hostname, "mail.example.com");
+        assert_eq!(c.local_domains, vec!["example.com"]);
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[1].role, Role::Submission);
+        assert_eq!(
+            c.routes.get("remote.test").map(String::as_str),
+            Some("127.0.0.1:10099")
+        );
+        assert!(c.is_local_domain("EXAMPLE.COM"));
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let err = parse(&format!("{MINIMAL}\n[limits]\nmax_mesage_size = 5\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.toml:7: "), "{text}");
+        assert!(text.contains("max_mesage_size"), "{text}");
+    }
+
+    #[test]
+    fn bad_role_and_bad_address_name_their_lines() {
+        let err = parse("[[listener]]\nname = \"x\"\naddr = \"127.0.0.1:25\"\nrole = \"relay\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml:4: "), "{err}");
+        let err = parse("[[listener]]\nname = \"x\"\naddr = \"nowhere\"\nrole = \"mx\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml:3: "), "{err}");
+    }
+
+    #[test]
+    fn duplicate_listener_names_are_refused() {
+        let err = parse(&format!("{MINIMAL}{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml:5: "), "{err}");
+        assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn no_listener_is_an_error() {
+        assert!(
+            parse("hostname = \"x\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("[[listener]]")
+        );
+    }
+
+    #[test]
+    fn invalid_local_domain_is_refused() {
+        let err = parse(&format!("local_domains = [\"bad domain\"]\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml:1: "), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_loopback_only() {
+        let c = Config::development_defaults();
+        assert!(c.listeners.iter().all(|l| l.addr.ip().is_loopback()));
+        assert!(c.listeners.iter().all(|l| l.addr.port() > 1024));
+    }
+}

@@ -1,0 +1,231 @@
+//! Who may send what to whom: pure functions that return a [`Verdict`].
+//!
+//! The session asks, the policy answers, and the answer carries its own reason, so the
+//! reply, the log line and (later) `postern explain` always agree. Nothing here does
+//! I/O: the caller looks up facts (is the domain local, does the mailbox exist) first
+//! and passes them in. A lookup that failed gives a temporary verdict, never a
+//! permanent refusal.
+//!
+//! # Security
+//!
+//! No client address is trusted, loopback included: any local process can open a TCP
+//! socket, so relaying to other domains needs a login, full stop. Addresses whose local
+//! part could route mail elsewhere (`%`, `!`, `@`, quotes) are never relayed or
+//! delivered.
+
+use postern_proto::{ForwardPath, Mailbox, Reply, ReversePath};
+
+use crate::config::Role;
+
+/// Why a verdict was given; `as_str` is the `reason=` of the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Accepted,
+    RelayDenied,
+    AuthRequired,
+    SenderMismatch,
+    UnknownUser,
+    RoutedAddress,
+    LookupFailed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Accepted => "accepted",
+            Reason::RelayDenied => "relay_denied",
+            Reason::AuthRequired => "auth_required",
+            Reason::SenderMismatch => "sender_mismatch",
+            Reason::UnknownUser => "unknown_user",
+            Reason::RoutedAddress => "routed_address",
+            Reason::LookupFailed => "lookup_failed",
+        }
+    }
+}
+
+/// A policy decision: the reply to send and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub reply: Reply,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    fn accept(reply: Reply) -> Verdict {
+        Verdict {
+            reply,
+            reason: Reason::Accepted,
+        }
+    }
+
+    fn refuse(reply: Reply, reason: Reason) -> Verdict {
+        Verdict { reply, reason }
+    }
+
+    pub fn is_accepted(&self) -> bool {
+        self.reason == Reason::Accepted
+    }
+}
+
+/// Whether a local mailbox exists, as found by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxLookup {
+    Exists,
+    Missing,
+    /// The user database could not be read.
+    Unavailable,
+}
+
+/// Facts about a recipient the caller looked up before asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipientFacts {
+    pub domain_is_local: bool,
+    /// Only looked up when the domain is local.
+    pub mailbox: MailboxLookup,
+}
+
+/// MAIL FROM: may this client start a transaction with this sender?
+pub fn check_sender(role: Role, login: Option<&str>, from: &ReversePath) -> Verdict {
+    let Some(login) = login else {
+        if role.requires_auth() {
+            return Verdict::refuse(Reply::auth_required(), Reason::AuthRequired);
+        }
+        return Verdict::accept(Reply::sender_ok());
+    };
+    match from {
+        // The null sender owns nothing that could be forged (RFC 5321 §4.5.5).
+        ReversePath::Null => Verdict::accept(Reply::sender_ok()),
+        ReversePath::Mailbox(m) if login_owns(login, m) => Verdict::accept(Reply::sender_ok()),
+        ReversePath::Mailbox(m) => Verdict::refuse(
+            Reply::sender_not_owned(&m.to_string(), login),
+            Reason::SenderMismatch,
+        ),
+    }
+}
+
+/// A login owns its own address, compared case-insensitively.
+fn login_owns(login: &str, sender: &Mailbox) -> bool {
+    !sender.is_routed() && sender.canonical() == login.to_lowercase()
+}
+
+/// RCPT TO: may this recipient be added?
+pub fn check_recipient(login: Option<&str>, to: &ForwardPath, facts: RecipientFacts) -> Verdict {
+    if let ForwardPath::Mailbox(m) = to
+        && m.is_routed()
+    {
+        return Verdict::refuse(Reply::routed_address_refused(), Reason::RoutedAddress);
+    }
+    if facts.domain_is_local {
+        return match facts.mailbox {
+            MailboxLookup::Exists => Verdict::accept(Reply::recipient_ok()),
+            MailboxLookup::Missing => {
+                Verdict::refuse(Reply::unknown_user(&to.to_string()), Reason::UnknownUser)
+            }
+            MailboxLookup::Unavailable => {
+                Verdict::refuse(Reply::lookup_failed(), Reason::LookupFailed)
+            }
+        };
+    }
+    if login.is_some() {
+        return Verdict::accept(Reply::recipient_ok());
+    }
+    Verdict::refuse(Reply::relay_denied(), Reason::RelayDenied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(s: &str) -> Mailbox {
+        Mailbox::parse(s).unwrap()
+    }
+
+    fn rcpt(s: &str) -> ForwardPath {
+        ForwardPath::Mailbox(mailbox(s))
+    }
+
+    const LOCAL_EXISTS: RecipientFacts = RecipientFacts {
+        domain_is_local: true,
+        mailbox: MailboxLookup::Exists,
+    };
+    const LOCAL_MISSING: RecipientFacts = RecipientFacts {
+        domain_is_local: true,
+        mailbox: MailboxLookup::Missing,
+    };
+    const REMOTE: RecipientFacts = RecipientFacts {
+        domain_is_local: false,
+        mailbox: MailboxLookup::Missing,
+    };
+
+    #[test]
+    fn submission_roles_require_auth_before_mail() {
+        let from = ReversePath::Mailbox(mailbox("u@example.com"));
+        for role in [Role::Submission, Role::Submissions] {
+            let v = check_sender(role, None, &from);
+            assert_eq!(v.reason, Reason::AuthRequired);
+            assert_eq!(v.reply.code, 530);
+        }
+        assert!(check_sender(Role::Mx, None, &from).is_accepted());
+    }
+
+    #[test]
+    fn authenticated_sender_must_be_owned() {
+        let own = ReversePath::Mailbox(mailbox("User@Example.com"));
+        assert!(check_sender(Role::Submission, Some("user@example.com"), &own).is_accepted());
+        let other = ReversePath::Mailbox(mailbox("boss@example.com"));
+        let v = check_sender(Role::Submission, Some("user@example.com"), &other);
+        assert_eq!(v.reason, Reason::SenderMismatch);
+        assert_eq!(
+            (v.reply.code, v.reply.enhanced.map(|e| e.to_string())),
+            (553, Some("5.7.1".into()))
+        );
+        assert!(check_sender(Role::Mx, Some("user@example.com"), &ReversePath::Null).is_accepted());
+    }
+
+    #[test]
+    fn relay_needs_a_login_on_every_role() {
+        let v = check_recipient(None, &rcpt("x@remote.test"), REMOTE);
+        assert_eq!(v.reason, Reason::RelayDenied);
+        assert_eq!(v.reply.code, 550);
+        assert!(v.reply.text().starts_with("Relaying denied"));
+        assert!(
+            check_recipient(Some("u@example.com"), &rcpt("x@remote.test"), REMOTE).is_accepted()
+        );
+    }
+
+    #[test]
+    fn local_mailboxes_need_no_login_but_must_exist() {
+        assert!(check_recipient(None, &rcpt("u@example.com"), LOCAL_EXISTS).is_accepted());
+        let v = check_recipient(None, &rcpt("nobody@example.com"), LOCAL_MISSING);
+        assert_eq!(v.reason, Reason::UnknownUser);
+        assert_eq!(
+            v.reply.enhanced.map(|e| e.to_string()),
+            Some("5.1.1".into())
+        );
+    }
+
+    #[test]
+    fn broken_user_database_is_a_temporary_failure() {
+        let facts = RecipientFacts {
+            domain_is_local: true,
+            mailbox: MailboxLookup::Unavailable,
+        };
+        let v = check_recipient(None, &rcpt("u@example.com"), facts);
+        assert_eq!(v.reason, Reason::LookupFailed);
+        assert!(v.reply.is_transient());
+    }
+
+    #[test]
+    fn routed_local_parts_never_relay_even_when_authenticated() {
+        for addr in [
+            "x%remote.test@example.com",
+            "remote.test!x@example.com",
+            "\"x@remote.test\"@example.com",
+        ] {
+            for login in [None, Some("u@example.com")] {
+                let v = check_recipient(login, &rcpt(addr), LOCAL_EXISTS);
+                assert_eq!(v.reason, Reason::RoutedAddress, "{addr}");
+            }
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! The spool: the on-disk queue under `<data_dir>/queue/`, and the one writer for every
+//! path into it (SMTP and local submission alike).
+//!
+//! It owns the files and the order in which they reach the disk. It must not know about
+//! SMTP sessions, decide policy, or schedule deliveries. It never syncs the whole
+//! filesystem (`syncfs`): on a shared host that would flush every customer's data.
+//!
+//! # Layout
+//!
+//! | name | what it is |
+//! | --- | --- |
+//! | `queue/<ID>.msg` | the message, immutable once committed |
+//! | `queue/<ID>.env` | the envelope as JSON, rewritten atomically. **The commit point:** a message is in the queue iff its `.env` exists |
+//! | `queue/tmp-<ID>.<ext>.<random>` | a file being written; never read, removed by [`Spool::recover`] |
+//! | `queue/corrupt/` | envelopes that could not be read, with their messages, set aside by [`Spool::recover`] for a human |
+//!
+//! Only names made of a valid [`QueueId`] and a known extension are read as queue items,
+//! so stray files in the directory are ignored. Every state is a file name, not a
+//! directory: the queue is one flat directory so that one directory fsync covers a commit.
+//!
+//! # Order of writes
+//!
+//! Commit: write and fsync the message under a temporary name, the same for the
+//! envelope, rename the message into place, rename the envelope into place (the commit
+//! point), fsync the directory. A crash before the last rename leaves only temporary
+//! files or a `.msg` without `.env`; neither was acknowledged, and `recover` removes
+//! them. Remove goes the other way: envelope first, then message.
+//!
+//! Files are mode 0600 and the directory 0700: the queue holds other people's mail.
+
+use std::collections::BTreeSet;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::{Envelope, QueueId};
+
+const QUEUE_DIR: &str = "queue";
+const CORRUPT_DIR: &str = "corrupt";
+const TEMP_PREFIX: &str = "tmp-";
+const MESSAGE_EXT: &str = "msg";
+const ENVELOPE_EXT: &str = "env";
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: corrupt envelope: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("queue ID {id} is not in the queue")]
+    NotFound { id: QueueId },
+    /// Refused rather than overwrite a committed message.
+    #[error("queue ID {id} is already in the queue")]
+    Duplicate { id: QueueId },
+    #[error("queue ID {id}: cannot encode envelope: {source}")]
+    Encode {
+        id: QueueId,
+        source: serde_json::Error,
+    },
+    /// The blocking task panicked or the runtime is shutting down.
+    #[error("spool task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The on-disk queue under `<data_dir>/queue/`. One writer for every path into the queue.
+///
+/// Cheap to clone; clones share the same directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    inner: Arc<SpoolDir>,
+}
+
+/// What the blocking work needs; kept apart from `Spool` so that a later backend can add
+/// state (a batch of pending commits) without changing the public type.
+#[derive(Debug)]
+struct SpoolDir {
+    dir: PathBuf,
+}
+
+impl Spool {
+    /// Opens the queue under `data_dir`, creating `<data_dir>/queue` (mode 0700) if needed.
+    pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
+        let dir = data_dir.join(QUEUE_DIR);
+        create_dir(&dir)?;
+        Ok(Spool {
+            inner: Arc::new(SpoolDir { dir }),
+        })
+    }
+
+    /// Stores a new message durably: writes the message (the concatenation of `parts`,
+    /// e.g. added headers then the body) and its envelope, fsyncs both files, renames them
+    /// into place, and fsyncs the directory. Only when this returns `Ok` may the caller
+    /// answer `250`.
+    ///
+    /// `envelope.size` should be the total length of `parts`. If the future is dropped,
+    /// the write still finishes in the background: the message may end up queued without
+    /// having been acknowledged, which at worst delivers it twice.
+    pub async fn commit(&self, envelope: &Envelope, parts: Vec<Vec<u8>>) -> Result<(), SpoolError> {
+        debug_assert_eq!(
+            envelope.size,
+            parts.iter().map(|p| p.len() as u64).sum::<u64>(),
+            "envelope size must match the message"
+        );
+        let json = encode(envelope)?;
+        let id = envelope.queue_id.clone();
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.commit_blocking(&id, &json, &parts)).await?
+    }
+
+    /// Rewrites a committed envelope atomically and durably (temporary file, fsync,
+    /// rename, fsync the directory). Fails with `NotFound` if the message has left the
+    /// queue, so a late update cannot bring back a removed message.
+    pub async fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
+        let json = encode(envelope)?;
+        let id = envelope.queue_id.clone();
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.update_blocking(&id, &json)).await?
+    }
+
+    /// Removes a finished message: envelope first, then the message file, then fsyncs the
+    /// directory so that it does not come back after a crash. Removing a message that is
+    /// already gone is not an error.
+    pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let id = id.clone();
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.remove_blocking(&id)).await?
+    }
+
+    /// Reads an envelope. Blocking, but small.
+    pub fn load(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
+        self.inner.load(id)
+    }
+
+    pub fn message_path(&self, id: &QueueId) -> PathBuf {
+        self.inner.path(id, MESSAGE_EXT)
+    }
+
+    /// Reads a whole message file. Blocking.
+    pub fn read_message(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+        let path = self.message_path(id);
+        fs::read(&path).map_err(|e| not_found_or_io(id, path, e))
+    }
+
+    /// Every committed queue ID, sorted oldest first. Also removes leftovers of
+    /// interrupted writes (temporary files, and message files without an envelope: a
+    /// crash before the commit finished, so that message was never acknowledged), and
+    /// moves unreadable envelopes to `queue/corrupt/`.
+    ///
+    /// Call it at startup, before any `commit`: it would take a commit in progress for
+    /// leftovers.
+    pub fn recover(&self) -> Result<Vec<QueueId>, SpoolError> {
+        self.inner.recover()
+    }
+
+    /// The queue directory, `<data_dir>/queue`.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl SpoolDir {
+    fn path(&self, id: &QueueId, ext: &str) -> PathBuf {
+        self.dir.join(file_name(id, ext))
+    }
+
+    /// The whole blocking part of a commit. A group-commit backend replaces this one
+    /// function: it would queue the request and fsync the directory once per batch.
+    fn commit_blocking(
+        &self,
+        id: &QueueId,
+        json: &[u8],
+        parts: &[Vec<u8>],
+    ) -> Result<(), SpoolError> {
+        let msg_path = self.path(id, MESSAGE_EXT);
+        let env_path = self.path(id, ENVELOPE_EXT);
+        if exists(&msg_path)? || exists(&env_path)? {
+            return Err(SpoolError::Duplicate { id: id.clone() });
+        }
+        let msg_temp = TempFile::write(&self.dir, &file_name(id, MESSAGE_EXT), parts)?;
+        let env_temp = TempFile::write(&self.dir, &file_name(id, ENVELOPE_EXT), &[json])?;
+        msg_temp.persist(&msg_path)?;
+        if let Err(e) = env_temp.persist(&env_path) {
+            // Not committed; don't leave an orphan for recover to find.
+            let _ = fs::remove_file(&msg_path);
+            return Err(e);
+        }
+        if let Err(e) = sync_dir(&self.dir) {
+            // The caller will answer 4xx and the client will send again, so undo the
+            // commit rather than deliver the message twice.
+            let _ = fs::remove_file(&env_path);
+            let _ = fs::remove_file(&msg_path);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn update_blocking(&self, id: &QueueId, json: &[u8]) -> Result<(), SpoolError> {
+        let env_path = self.path(id, ENVELOPE_EXT);
+        if !exists(&env_path)? {
+            return Err(SpoolError::NotFound { id: id.clone() });
+        }
+        write_atomic(&self.dir, &file_name(id, ENVELOPE_EXT), json)
+    }
+
+    fn remove_blocking(&self, id: &QueueId) -> Result<(), SpoolError> {
+        remove_if_present(&self.path(id, ENVELOPE_EXT))?;
+        remove_if_present(&self.path(id, MESSAGE_EXT))?;
+        sync_dir(&self.dir)
+    }
+
+    fn load(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
+        let path = self.path(id, ENVELOPE_EXT);
+        let bytes = fs::read(&path).map_err(|e| not_found_or_io(id, path.clone(), e))?;
+        let envelope: Envelope =
+            serde_json::from_slice(&bytes).map_err(|e| SpoolError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        if envelope.queue_id != *id {
+            return Err(SpoolError::Corrupt {
+                path,
+                message: format!("holds queue ID {}", envelope.queue_id),
+            });
+        }
+        Ok(envelope)
+    }
+
+    fn recover(&self) -> Result<Vec<QueueId>, SpoolError> {
+        let scan = self.scan()?;
+        for path in &scan.temp_files {
+            self.remove_leftover(path, "temporary file");
+        }
+        for id in scan.messages.difference(&scan.envelopes) {
+            self.remove_leftover(&self.path(id, MESSAGE_EXT), "message without envelope");
+        }
+        let mut committed = Vec::with_capacity(scan.envelopes.len());
+        // BTreeSet iterates in ID order, which is time order.
+        for id in scan.envelopes {
+            if !scan.messages.contains(&id) {
+                self.quarantine(&id, "envelope without message file");
+                continue;
+            }
+            match self.load(&id) {
+                Ok(_) => committed.push(id),
+                Err(SpoolError::Corrupt { message, .. }) => self.quarantine(&id, &message),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(committed)
+    }
+
+    /// Sorts the directory's entries by what their names say they are.
+    fn scan(&self) -> Result<Scan, SpoolError> {
+        let io_err = |source| SpoolError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut scan = Scan::default();
+        for entry in fs::read_dir(&self.dir).map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            if entry.file_type().map_err(io_err)?.is_dir() {
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if name.starts_with(TEMP_PREFIX) {
+                scan.temp_files.push(entry.path());
+            } else if let Some((id, ext)) = parse_file_name(name) {
+                match ext {
+                    MESSAGE_EXT => scan.messages.insert(id),
+                    _ => scan.envelopes.insert(id),
+                };
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Leftovers are harmless if they stay, so a failure is logged, not returned.
+    fn remove_leftover(&self, path: &Path, what: &str) {
+        match fs::remove_file(path) {
+            Ok(()) => {
+                info!(event = "spool_cleanup", path = %path.display(), what, "removed leftover of an interrupted write")
+            }
+            Err(e) => {
+                warn!(event = "spool_cleanup", path = %path.display(), what, error = %e, "cannot remove leftover")
+            }
+        }
+    }
+
+    /// Moves an unreadable envelope and its message to `corrupt/` for a human to look at:
+    /// never delete mail we could not read. If the move fails the files stay where they
+    /// are, are skipped, and are tried again at the next start.
+    fn quarantine(&self, id: &QueueId, reason: &str) {
+        warn!(event = "spool_corrupt", queue_id = %id, reason, "skipping unreadable queue item, moving it to queue/corrupt/");
+        let corrupt = self.dir.join(CORRUPT_DIR);
+        let moved = create_dir(&corrupt).and_then(|()| {
+            for ext in [ENVELOPE_EXT, MESSAGE_EXT] {
+                let from = self.path(id, ext);
+                if exists(&from)? {
+                    let to = corrupt.join(file_name(id, ext));
+                    fs::rename(&from, &to)
+                        .map_err(|source| SpoolError::Io { path: from, source })?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = moved {
+            warn!(event = "spool_corrupt", queue_id = %id, error = %e, "cannot move queue item to queue/corrupt/");
+        }
+    }
+}
+
+/// The directory entries `recover` cares about.
+#[derive(Default)]
+struct Scan {
+    temp_files: Vec<PathBuf>,
+    messages: BTreeSet<QueueId>,
+    envelopes: BTreeSet<QueueId>,
+}
+
+fn file_name(id: &QueueId, ext: &str) -> String {
+    format!("{id}.{ext}")
+}
+
+/// `<ID>.msg` or `<ID>.env`; anything else is not a queue item.
+fn parse_file_name(name: &str) -> Option<(QueueId, &'static str)> {
+    let (stem, ext) = name.split_once('.')?;
+    let ext = [MESSAGE_EXT, ENVELOPE_EXT]
+        .into_iter()
+        .find(|known| *known == ext)?;
+    Some((QueueId::parse(stem)?, ext))
+}
+
+fn encode(envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
+    serde_json::to_vec_pretty(envelope).map_err(|source| SpoolError::Encode {
+        id: envelope.queue_id.clone(),
+        source,
+    })
+}
+
+fn not_found_or_io(id: &QueueId, path: PathBuf, source: io::Error) -> SpoolError {
+    if source.kind() == io::ErrorKind::NotFound {
+        SpoolError::NotFound { id: id.clone() }
+    } else {
+        SpoolError::Io { path, source }
+    }
+}
+
+fn exists(path: &Path) -> Result<bool, SpoolError> {
+    path.try_exists().map_err(|source| SpoolError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn remove_if_present(path: &Path) -> Result<(), SpoolError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SpoolError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a directory (and missing parents) with mode 0700, and fsyncs the parent so
+/// that the new entry survives a crash.
+fn create_dir(dir: &Path) -> Result<(), SpoolError> {
+    if exists(dir)? {
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|source| SpoolError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
+// --- The atomic-write helper (chasquid's safeio): every write into the queue uses it. ---
+
+/// Writes `data` to `dir/name` atomically and durably: temporary file, fsync, rename,
+/// fsync the directory. Readers see the old content or the new, never a mix.
+fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), SpoolError> {
+    TempFile::write(dir, name, &[data])?.persist(&dir.join(name))?;
+    sync_dir(dir)
+}
+
+/// A file written and fsynced under a temporary name, waiting to be renamed into place.
+/// Dropped without `persist`, it is removed, so a failed write leaves nothing behind.
+struct TempFile {
+    path: PathBuf,
+    persisted: bool,
+}
+
+impl TempFile {
+    /// Writes the concatenation of `parts` to `dir/tmp-<name>.<random>` (mode 0600) and
+    /// fsyncs it.
+    fn write<B: AsRef<[u8]>>(dir: &Path, name: &str, parts: &[B]) -> Result<TempFile, SpoolError> {
+        let path = dir.join(format!("{TEMP_PREFIX}{name}.{:08x}", rand::random::<u32>()));
+        let io_err = |source| SpoolError::Io {
+            path: path.clone(),
+            source,
+        };
+        // create_new: never write through a file (or symlink) that is already there.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&path)
+            .map_err(io_err)?;
+        // From here on, Drop removes the file if anything fails.
+        let temp = TempFile {
+            path: path.clone(),
+            persisted: false,
+        };
+        for part in parts {
+            file.write_all(part.as_ref()).map_err(io_err)?;
+        }
+        // fdatasync is enough: it flushes the size too, which is all the metadata
+        // needed to read the data back (POSIX), and skips timestamps.
+        file.sync_data().map_err(io_err)?;
+        Ok(temp)
+    }
+
+    /// Renames the file to `to`. The caller fsyncs the directory.
+    fn persist(mut self, to: &Path) -> Result<(), SpoolError> {
+        fs::rename(&self.path, to).map_err(|source| SpoolError::Io {
+            path: to.to_owned(),
+            source,
+        })?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Makes renames and removals in `dir` durable. Only this directory: never `syncfs`.
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| SpoolError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Origin, RecipientStatus};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn envelope(parts: &[&[u8]]) -> Envelope {
+        Envelope::new(
+            QueueId::generate(),
+            "alice@example.org".into(),
+            vec!["bob@example.com".into()],
+            Origin::Smtp {
+                client: "192.0.2.1".into(),
+                listener: "submission".into(),
+                login: Some("alice@example.org".into()),
+            },
+            parts.iter().map(|p| p.len() as u64).sum(),
+            1_700_000_000,
+        )
+    }
+
+    async fn commit_one(spool: &Spool) -> Envelope {
+        let parts: [&[u8]; 2] = [b"Received: by test\r\n", b"Subject: hi\r\n\r\nbody\r\n"];
+        let env = envelope(&parts);
+        spool
+            .commit(&env, parts.iter().map(|p| p.to_vec()).collect())
+            .await
+            .unwrap();
+        env
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn commit_then_load_and_read_round_trip() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        assert_eq!(spool.dir(), data.path().join("queue"));
+        let env = commit_one(&spool).await;
+
+        assert_eq!(spool.load(&env.queue_id).unwrap(), env);
+        let message = spool.read_message(&env.queue_id).unwrap();
+        assert_eq!(message, b"Received: by test\r\nSubject: hi\r\n\r\nbody\r\n");
+        assert_eq!(message.len() as u64, env.size);
+
+        let id = &env.queue_id;
+        assert_eq!(
+            names_in(spool.dir()),
+            [format!("{id}.env"), format!("{id}.msg")]
+        );
+    }
+
+    #[tokio::test]
+    async fn files_and_directory_are_private() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let env = commit_one(&spool).await;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(spool.dir()), 0o700);
+        assert_eq!(mode(&spool.message_path(&env.queue_id)), 0o600);
+        assert_eq!(mode(&spool.inner.path(&env.queue_id, ENVELOPE_EXT)), 0o600);
+    }
+
+    #[tokio::test]
+    async fn commit_refuses_to_overwrite_a_queued_message() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let env = commit_one(&spool).await;
+        let mut other = env.clone();
+        other.size = 5;
+        let err = spool.commit(&other, vec![b"other".to_vec()]).await;
+        assert!(matches!(err, Err(SpoolError::Duplicate { .. })), "{err:?}");
+        assert_eq!(
+            spool.read_message(&env.queue_id).unwrap(),
+            b"Received: by test\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn recover_keeps_committed_and_removes_leftovers() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let older = commit_one(&spool).await;
+        let newer = commit_one(&spool).await;
+        let orphan = QueueId::generate();
+        let dir = spool.dir();
+        fs::write(dir.join(format!("{orphan}.msg")), b"never acknowledged").unwrap();
+        fs::write(dir.join(format!("tmp-{orphan}.env.0badc0de")), b"{").unwrap();
+        fs::write(dir.join(format!("tmp-{orphan}.msg.12345678")), b"half").unwrap();
+        fs::write(dir.join("README"), b"a stray file is left alone").unwrap();
+
+        let ids = spool.recover().unwrap();
+
+        assert_eq!(ids, [older.queue_id.clone(), newer.queue_id.clone()]);
+        let mut expected = vec![
+            "README".to_owned(),
+            format!("{}.env", older.queue_id),
+            format!("{}.msg", older.queue_id),
+            format!("{}.env", newer.queue_id),
+            format!("{}.msg", newer.queue_id),
+        ];
+        expected.sort();
+        assert_eq!(names_in(dir), expected);
+    }
+
+    #[tokio::test]
+    async fn update_is_visible_after_reload() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let mut env = commit_one(&spool).await;
+        env.recipients[0].status = RecipientStatus::Delivered;
+        env.recipients[0].attempts = 1;
+        env.recipients[0].last_error = Some("250 2.0.0 ok".into());
+        spool.update(&env).await.unwrap();
+
+        let reopened = Spool::open(data.path()).unwrap();
+        assert_eq!(reopened.load(&env.queue_id).unwrap(), env);
+        assert_eq!(names_in(spool.dir()).len(), 2, "no temporary file left");
+    }
+
+    #[tokio::test]
+    async fn update_of_a_removed_message_fails() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let env = commit_one(&spool).await;
+        spool.remove(&env.queue_id).await.unwrap();
+        let err = spool.update(&env).await;
+        assert!(matches!(err, Err(SpoolError::NotFound { .. })), "{err:?}");
+        assert!(names_in(spool.dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn remove_deletes_both_files() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let env = commit_one(&spool).await;
+        let kept = commit_one(&spool).await;
+        spool.remove(&env.queue_id).await.unwrap();
+
+        assert!(matches!(
+            spool.load(&env.queue_id),
+            Err(SpoolError::NotFound { .. })
+        ));
+        assert!(matches!(
+            spool.read_message(&env.queue_id),
+            Err(SpoolError::NotFound { .. })
+        ));
+        assert_eq!(spool.recover().unwrap(), [kept.queue_id]);
+        // Removing again is harmless.
+        spool.remove(&env.queue_id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn corrupt_envelope_is_an_error_and_set_aside_by_recover() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let good = commit_one(&spool).await;
+        let bad = commit_one(&spool).await;
+        let bad_env = spool.inner.path(&bad.queue_id, ENVELOPE_EXT);
+        fs::write(&bad_env, b"{\"queue_id\": \"truncated").unwrap();
+
+        let err = spool.load(&bad.queue_id);
+        assert!(
+            matches!(&err, Err(SpoolError::Corrupt { path, .. }) if *path == bad_env),
+            "{err:?}"
+        );
+
+        assert_eq!(spool.recover().unwrap(), [good.queue_id.clone()]);
+        let corrupt = spool.dir().join("corrupt");
+        let id = &bad.queue_id;
+        assert_eq!(
+            names_in(&corrupt),
+            [format!("{id}.env"), format!("{id}.msg")]
+        );
+        assert!(spool.load(&good.queue_id).is_ok());
+    }
+
+    #[tokio::test]
+    async fn envelope_naming_another_id_is_corrupt() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let env = commit_one(&spool).await;
+        let other = QueueId::generate();
+        fs::copy(
+            spool.inner.path(&env.queue_id, ENVELOPE_EXT),
+            spool.inner.path(&other, ENVELOPE_EXT),
+        )
+        .unwrap();
+        assert!(matches!(
+            spool.load(&other),
+            Err(SpoolError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn only_queue_items_parse_as_file_names() {
+        let id = QueueId::generate();
+        assert_eq!(
+            parse_file_name(&format!("{id}.msg")),
+            Some((id.clone(), MESSAGE_EXT))
+        );
+        assert_eq!(
+            parse_file_name(&format!("{id}.env")),
+            Some((id.clone(), ENVELOPE_EXT))
+        );
+        for stray in [
+            format!("{id}.txt"),
+            format!("{id}"),
+            format!("{id}.env.bak"),
+            "../x.env".into(),
+        ] {
+            assert_eq!(parse_file_name(&stray), None, "{stray}");
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_into_a_missing_directory_is_an_io_error() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        fs::remove_dir(spool.dir()).unwrap();
+        let parts: [&[u8]; 1] = [b"x"];
+        let err = spool.commit(&envelope(&parts), vec![b"x".to_vec()]).await;
+        assert!(matches!(err, Err(SpoolError::Io { .. })), "{err:?}");
+    }
+}

@@ -1,0 +1,450 @@
+//! One client connection: read bytes, feed the protocol session, act on what it asks,
+//! write the replies. The session decides protocol; the policy decides who may do what;
+//! this file only moves bytes and answers.
+//!
+//! # Security
+//!
+//! Everything read here comes from the network. Reads are bounded by the session's
+//! line and message limits and by the timeouts of RFC 5321 §4.5.3.2; a client that
+//! stalls is dropped with `421`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_proto::sasl::Credentials as SaslCredentials;
+use postern_proto::server::{Action, Question, Session, SessionConfig, Transaction, Wants};
+use postern_proto::{ForwardPath, Reply, ReversePath};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::Context;
+use super::tls::Stream;
+use crate::auth::Verification;
+use crate::config::{Listener, Role};
+use crate::headers;
+use crate::policy::{self, MailboxLookup, RecipientFacts, Verdict};
+use crate::queue::{Envelope, Origin, QueueId};
+
+/// RFC 5321 §4.5.3.2.7: the server waits at least five minutes for a command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// RFC 5321 §4.5.3.2.5: three minutes for each block of DATA.
+const DATA_TIMEOUT: Duration = Duration::from_secs(180);
+/// A TLS handshake that takes longer is a stalled or hostile client.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Protocol errors before the connection is closed with `421`.
+const MAX_ERRORS: usize = 10;
+
+pub struct Connection {
+    ctx: Arc<Context>,
+    listener: Listener,
+    client: IpAddr,
+    stream: Option<Stream>,
+    session: Session,
+    out: Vec<u8>,
+    /// A policy refusal already logged with its reason, so the reply is not logged again.
+    logged_refusal: Option<Reply>,
+    shutdown: watch::Receiver<bool>,
+    shutting_down: bool,
+}
+
+/// Serves one accepted TCP connection to its end.
+pub async fn serve(
+    ctx: Arc<Context>,
+    listener: Listener,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let implicit_tls = listener.role == Role::Submissions;
+    let stream = if implicit_tls {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Stream::Plain(tcp).upgrade(&ctx.tls)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return log_tls_failure(&listener, peer.ip(), &e.to_string()),
+            Err(_) => return log_tls_failure(&listener, peer.ip(), "handshake timed out"),
+        }
+    } else {
+        Stream::Plain(tcp)
+    };
+    let session = Session::new(SessionConfig {
+        hostname: ctx.config.hostname.clone(),
+        max_message_size: ctx.config.limits.max_message_size,
+        max_recipients: ctx.config.limits.max_recipients,
+        starttls_available: true,
+        implicit_tls,
+        max_errors: MAX_ERRORS,
+    });
+    let mut conn = Connection {
+        ctx,
+        listener,
+        client: peer.ip(),
+        stream: Some(stream),
+        session,
+        out: Vec::new(),
+        logged_refusal: None,
+        shutdown,
+        shutting_down: false,
+    };
+    if let Err(e) = conn.run().await {
+        tracing::debug!(event = "connection_error", client = %conn.client, error = %e);
+    }
+}
+
+fn log_tls_failure(listener: &Listener, client: IpAddr, error: &str) {
+    tracing::info!(event = "tls_failed", listener = %listener.name, client = %client, error = %error);
+}
+
+impl Connection {
+    async fn run(&mut self) -> std::io::Result<()> {
+        tracing::debug!(event = "connect", listener = %self.listener.name, client = %self.client);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            if !self.act().await? {
+                return Ok(());
+            }
+            self.flush().await?;
+            let Some(n) = self.read(&mut buf).await? else {
+                return Ok(());
+            };
+            self.session.handle_bytes(&buf[..n]);
+        }
+    }
+
+    /// Drains the session's actions. Returns false when the connection must close.
+    async fn act(&mut self) -> std::io::Result<bool> {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Send(reply) => self.send(reply),
+                Action::Ask(question) => self.answer(question).await,
+                Action::Spool(tx) => {
+                    let result = self.spool(tx).await;
+                    self.session.handle_spooled(result);
+                }
+                Action::StartTls => self.start_tls().await?,
+                Action::Close => {
+                    self.flush().await?;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads once, with the timeout for what the session waits for. `None`: the client
+    /// left, timed out, or the server is shutting down.
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        loop {
+            let limit = match self.session.wants() {
+                Wants::Data => DATA_TIMEOUT,
+                Wants::Command | Wants::Answer => COMMAND_TIMEOUT,
+                Wants::Closed => return Ok(None),
+            };
+            // A shutdown lets a message being received finish, and stops the rest at
+            // the next command.
+            if self.shutting_down && self.session.wants() == Wants::Command {
+                return self
+                    .close_with(Reply::shutting_down(&self.ctx.config.hostname))
+                    .await;
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(None);
+            };
+            let read = tokio::time::timeout(limit, stream.read(buf));
+            let outcome = if self.shutting_down {
+                read.await
+            } else {
+                tokio::select! {
+                    r = read => r,
+                    _ = self.shutdown.changed() => {
+                        self.shutting_down = true;
+                        continue;
+                    }
+                }
+            };
+            return match outcome {
+                Ok(Ok(0)) => Ok(None),
+                Ok(Ok(n)) => Ok(Some(n)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    tracing::info!(event = "timeout", listener = %self.listener.name, client = %self.client);
+                    self.close_with(Reply::timeout(&self.ctx.config.hostname))
+                        .await
+                }
+            };
+        }
+    }
+
+    async fn close_with(&mut self, reply: Reply) -> std::io::Result<Option<usize>> {
+        self.out.extend_from_slice(&reply.to_bytes());
+        self.flush().await?;
+        Ok(None)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        stream.write_all(&self.out).await?;
+        stream.flush().await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    fn send(&mut self, reply: Reply) {
+        if reply.code >= 400 && self.logged_refusal.take().as_ref() != Some(&reply) {
+            tracing::info!(
+                event = "rejected",
+                listener = %self.listener.name,
+                client = %self.client,
+                reason = session_refusal_reason(&reply),
+                reply = %reply,
+            );
+        }
+        self.out.extend_from_slice(&reply.to_bytes());
+    }
+
+    async fn start_tls(&mut self) -> std::io::Result<()> {
+        self.flush().await?;
+        let Some(stream) = self.stream.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.upgrade(&self.ctx.tls)).await {
+            Ok(Ok(tls)) => {
+                self.stream = Some(tls);
+                self.session.handle_tls_established();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                log_tls_failure(&self.listener, self.client, &e.to_string());
+                Err(e)
+            }
+            Err(_) => {
+                log_tls_failure(&self.listener, self.client, "handshake timed out");
+                Err(std::io::ErrorKind::TimedOut.into())
+            }
+        }
+    }
+
+    // --- Answers ---
+
+    async fn answer(&mut self, question: Question) {
+        match question {
+            Question::Mail { from, .. } => {
+                let verdict = policy::check_sender(self.listener.role, self.session.login(), &from);
+                self.log_verdict(&verdict, &from, None);
+                self.session.handle_verdict(verdict.reply);
+            }
+            Question::Rcpt { from, to } => {
+                let facts = self.recipient_facts(&to);
+                let verdict = policy::check_recipient(self.session.login(), &to, facts);
+                self.log_verdict(&verdict, &from, Some(&to));
+                self.session.handle_verdict(verdict.reply);
+            }
+            Question::Auth(credentials) => {
+                let result = self.authenticate(credentials).await;
+                self.session.handle_auth(result);
+            }
+        }
+    }
+
+    fn log_verdict(&mut self, verdict: &Verdict, from: &ReversePath, rcpt: Option<&ForwardPath>) {
+        if verdict.is_accepted() {
+            return;
+        }
+        tracing::info!(
+            event = "rejected",
+            listener = %self.listener.name,
+            client = %self.client,
+            reason = verdict.reason.as_str(),
+            from = %from,
+            rcpt = %rcpt.map(ToString::to_string).unwrap_or_default(),
+            auth = self.session.login().unwrap_or("-"),
+        );
+        self.logged_refusal = Some(verdict.reply.clone());
+    }
+
+    fn recipient_facts(&self, to: &ForwardPath) -> RecipientFacts {
+        let config = &self.ctx.config;
+        let address = match to {
+            ForwardPath::Postmaster => match config.local_domains.first() {
+                Some(domain) => format!("postmaster@{domain}"),
+                None => {
+                    return RecipientFacts {
+                        domain_is_local: false,
+                        mailbox: MailboxLookup::Missing,
+                    };
+                }
+            },
+            ForwardPath::Mailbox(m) => {
+                let local = m.domain().name().is_some_and(|d| config.is_local_domain(d));
+                if !local {
+                    return RecipientFacts {
+                        domain_is_local: false,
+                        mailbox: MailboxLookup::Missing,
+                    };
+                }
+                m.to_string()
+            }
+        };
+        let mailbox = match self.ctx.users.lookup(&address) {
+            Ok(Some(_)) => MailboxLookup::Exists,
+            Ok(None) => MailboxLookup::Missing,
+            Err(e) => {
+                tracing::warn!(event = "lookup_failed", address = %address, error = %e);
+                MailboxLookup::Unavailable
+            }
+        };
+        RecipientFacts {
+            domain_is_local: true,
+            mailbox,
+        }
+    }
+
+    async fn authenticate(&mut self, credentials: SaslCredentials) -> Result<(), Reply> {
+        let mechanism = credentials.mechanism.as_str();
+        let login = credentials.login.clone();
+        if let Some(authzid) = &credentials.authzid
+            && !authzid.eq_ignore_ascii_case(&credentials.login)
+        {
+            self.log_auth_failure(&login, mechanism);
+            return Err(Reply::authzid_mismatch());
+        }
+        let users = self.ctx.users.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::auth::verify_padded(users.as_ref(), &credentials.login, &credentials.password)
+        })
+        .await;
+        match checked {
+            Ok(Ok(Verification::Accepted)) => {
+                tracing::info!(event = "auth", listener = %self.listener.name, client = %self.client, user = %login, mechanism);
+                Ok(())
+            }
+            Ok(Ok(Verification::Rejected)) => {
+                self.log_auth_failure(&login, mechanism);
+                Err(Reply::auth_failed())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(event = "auth_unavailable", client = %self.client, user = %login, error = %e);
+                Err(Reply::auth_temporary_failure())
+            }
+            Err(e) => {
+                tracing::error!(event = "auth_unavailable", client = %self.client, error = %e);
+                Err(Reply::auth_temporary_failure())
+            }
+        }
+    }
+
+    fn log_auth_failure(&mut self, login: &str, mechanism: &str) {
+        tracing::info!(
+            event = "auth_failed",
+            listener = %self.listener.name,
+            client = %self.client,
+            user = %login,
+            mechanism,
+        );
+        self.logged_refusal = Some(Reply::auth_failed());
+    }
+
+    // --- Spool ---
+
+    /// Adds our headers and stores the message durably; only then may it be `250`'d.
+    async fn spool(&mut self, tx: Transaction) -> Result<String, Reply> {
+        let queue_id = QueueId::generate();
+        let prefix = self.added_headers(&tx, queue_id.as_str());
+        let rcpts: Vec<String> = tx.rcpts.iter().map(|r| self.recipient_address(r)).collect();
+        let size = (prefix.len() + tx.body.len()) as u64;
+        let from = tx.from.to_string();
+        let envelope = Envelope::new(
+            queue_id.clone(),
+            from.clone(),
+            rcpts,
+            Origin::Smtp {
+                client: self.client.to_string(),
+                listener: self.listener.name.clone(),
+                login: self.session.login().map(str::to_string),
+            },
+            size,
+            chrono::Utc::now().timestamp(),
+        );
+        if let Err(e) = self
+            .ctx
+            .spool
+            .commit(&envelope, vec![prefix.into_bytes(), tx.body])
+            .await
+        {
+            tracing::error!(event = "spool_failed", queue_id = %queue_id, client = %self.client, error = %e);
+            return Err(Reply::spool_failed());
+        }
+        tracing::info!(
+            event = "accepted",
+            queue_id = %queue_id,
+            from = %from,
+            nrcpt = envelope.recipients.len(),
+            size,
+            listener = %self.listener.name,
+            client = %self.client,
+            auth = self.session.login().unwrap_or("-"),
+        );
+        self.ctx.delivery.notify(queue_id.clone());
+        Ok(queue_id.to_string())
+    }
+
+    fn recipient_address(&self, rcpt: &ForwardPath) -> String {
+        match (rcpt, self.ctx.config.local_domains.first()) {
+            (ForwardPath::Postmaster, Some(domain)) => format!("postmaster@{domain}"),
+            (ForwardPath::Postmaster, None) => format!("postmaster@{}", self.ctx.config.hostname),
+            (ForwardPath::Mailbox(m), _) => m.to_string(),
+        }
+    }
+
+    fn added_headers(&self, tx: &Transaction, queue_id: &str) -> String {
+        let now = chrono::Local::now();
+        let single = match tx.rcpts.as_slice() {
+            [one] => Some(one.to_string()),
+            _ => None,
+        };
+        let trace = headers::SmtpTrace {
+            helo: self.session.helo().unwrap_or("unknown"),
+            client_ip: self.client,
+            hostname: &self.ctx.config.hostname,
+            esmtp: self.session.is_esmtp(),
+            tls: self.session.is_tls(),
+            authenticated: self.session.login().is_some(),
+            queue_id,
+            single_recipient: single.as_deref(),
+        };
+        let mut prefix = headers::received_smtp(&trace, now);
+        if self.session.login().is_some() {
+            prefix.push_str(&headers::missing_submission_headers(
+                &tx.body,
+                &self.ctx.config.hostname,
+                queue_id,
+                now,
+            ));
+        }
+        prefix
+    }
+}
+
+/// The `reason=` for a refusal the protocol session made on its own.
+fn session_refusal_reason(reply: &Reply) -> &'static str {
+    let enhanced = reply.enhanced.map(|e| (e.1, e.2));
+    match (reply.code, enhanced) {
+        (552, _) => "message_too_big",
+        (452, _) => "too_many_recipients",
+        (550, Some((6, 0))) => "bad_message_data",
+        (421, Some((4, 2))) => "timeout",
+        (421, Some((3, 2))) => "shutting_down",
+        (421, _) => "too_many_errors",
+        (451, _) => "spool_failed",
+        (538, _) => "auth_without_tls",
+        (553, Some((6, 7))) => "smtputf8_required",
+        (501, _) if reply.text().starts_with("Authentication") => "auth_cancelled",
+        _ => "protocol_error",
+    }
+}
