@@ -519,7 +519,7 @@ key = "/var/lib/postern/dkim/example.com.s1.key"
         let err = parse(&format!("{MINIMAL}{MINIMAL}"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("test.toml:5: "), "{err}");
+        assert!(err.starts_with("test.toml:6: "), "{err}");
         assert!(err.contains("used twice"), "{err}");
     }
 

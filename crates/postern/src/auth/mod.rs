@@ -101,7 +101,6 @@ fn canonical(login: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// Answers immediately with a fixed outcome, after an optional delay.
     struct Fake {

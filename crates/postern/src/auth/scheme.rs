@@ -46,6 +46,9 @@ pub enum SchemeError {
 pub fn verify(stored: &str, password: &str) -> Result<bool, SchemeError> {
     let (scheme, hash) = split_scheme(stored)?;
     match scheme {
+        Scheme::Plain if hash.is_empty() => Err(SchemeError::Malformed(
+            "an empty {PLAIN} password would let anyone in".into(),
+        )),
         Scheme::Plain => Ok(verify_plain(hash, password)),
         Scheme::Crypt(family) => verify_crypt(family, hash, password),
     }
@@ -355,6 +358,7 @@ mod tests {
     fn malformed_hashes_are_errors_not_panics() {
         for stored in [
             "{SHA512-CRYPT",
+            "{PLAIN}",
             "{SHA512-CRYPT}$6$",
             "{SHA512-CRYPT}$6$saltsalt",
             "$6$saltsalt$",

@@ -640,7 +640,10 @@ mod tests {
             "{err:?}"
         );
 
-        assert_eq!(spool.recover().unwrap(), [good.queue_id.clone()]);
+        assert_eq!(
+            spool.recover().unwrap(),
+            std::slice::from_ref(&good.queue_id)
+        );
         let corrupt = spool.dir().join("corrupt");
         let id = &bad.queue_id;
         assert_eq!(

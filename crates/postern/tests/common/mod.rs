@@ -1,0 +1,480 @@
+//! Test harness: starts the real `postern` binary on ephemeral loopback ports and
+//! waits for its `event=listening` lines (never for a fixed time), plus a small raw
+//! SMTP client for the dialogs that client libraries will not produce.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_postern");
+pub const PASSWORD: &str = "secret";
+/// Users created in every test server, all with password [`PASSWORD`].
+pub const USERS: [&str; 2] = ["alice@example.com", "bob@example.com"];
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    addrs: HashMap<String, SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+    new_line: Arc<Mutex<Option<mpsc::Sender<()>>>>,
+    extra_config: String,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with("")
+    }
+
+    /// Starts a server whose config is the standard one plus `extra` TOML.
+    pub fn start_with(extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Server {
+            dir,
+            child: None,
+            addrs: HashMap::new(),
+            log: Arc::default(),
+            new_line: Arc::default(),
+            extra_config: extra.to_string(),
+        };
+        server.write_config();
+        for user in USERS {
+            server.add_user(user, PASSWORD);
+        }
+        server.spawn();
+        server
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("postern.toml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path().display();
+        let config = format!(
+            r#"hostname = "mail.example.com"
+data_dir = "{d}/data"
+local_domains = ["example.com"]
+
+[[listener]]
+name = "mx"
+addr = "127.0.0.1:0"
+role = "mx"
+
+[[listener]]
+name = "submission"
+addr = "127.0.0.1:0"
+role = "submission"
+
+[[listener]]
+name = "submissions"
+addr = "127.0.0.1:0"
+role = "submissions"
+
+[auth]
+passwd_file = "{d}/passwd"
+
+[delivery]
+maildir = "{d}/mail/%d/%n/Maildir"
+{}
+"#,
+            self.extra_config
+        );
+        std::fs::write(self.config_path(), config).expect("write config");
+    }
+
+    /// `postern user add ADDRESS --password-stdin`, through the real CLI.
+    pub fn add_user(&self, address: &str, password: &str) {
+        let out = self.cli(
+            &["user", "add", address, "--password-stdin"],
+            Some(password),
+        );
+        assert!(
+            out.status.success(),
+            "user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs the binary with `--config` of this server and optional stdin.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn postern");
+        if let Some(text) = stdin {
+            let mut input = child.stdin.take().expect("stdin");
+            writeln!(input, "{text}").expect("write stdin");
+        }
+        child.wait_with_output().expect("wait postern")
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn postern serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.log.clone();
+        let notify = self.new_line.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("POSTERN_TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+                log.lock().unwrap().push(line);
+                if let Some(tx) = notify.lock().unwrap().as_ref() {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        self.child = Some(child);
+        self.addrs.clear();
+        let already = self.log.lock().unwrap().len();
+        for name in ["mx", "submission", "submissions"] {
+            let line = self
+                .wait_for_log_after(already, &format!("event=listening listener={name} "))
+                .unwrap_or_else(|| panic!("listener {name} not ready; log:\n{}", self.log_text()));
+            let addr = field(&line, "addr")
+                .expect("addr")
+                .parse()
+                .expect("socket addr");
+            self.addrs.insert(name.to_string(), addr);
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.addrs[listener]
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line containing `needle` appears, or the timeout passes.
+    pub fn wait_for_log(&self, needle: &str) -> Option<String> {
+        self.wait_for_log_after(0, needle)
+    }
+
+    fn wait_for_log_after(&self, skip: usize, needle: &str) -> Option<String> {
+        let (tx, rx) = mpsc::channel();
+        *self.new_line.lock().unwrap() = Some(tx);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .find(|l| l.contains(needle))
+            {
+                return Some(line.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let _ = rx.recv_timeout(left.min(Duration::from_millis(200)));
+        }
+    }
+
+    /// Kills the server with SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().expect("wait")
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn maildir(&self, address: &str) -> PathBuf {
+        let (local, domain) = address.split_once('@').expect("address");
+        self.dir
+            .path()
+            .join(format!("mail/{domain}/{local}/Maildir"))
+    }
+
+    /// The messages in `new/` of a mailbox, read as text.
+    pub fn delivered(&self, address: &str) -> Vec<String> {
+        let new = self.maildir(address).join("new");
+        let Ok(entries) = std::fs::read_dir(new) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read mail"))
+            .collect()
+    }
+
+    /// Waits until `address` has `count` messages.
+    pub fn wait_for_delivery(&self, address: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mails = self.delivered(address);
+            if mails.len() >= count || Instant::now() > deadline {
+                return mails;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Committed messages (`*.env`) in the queue directory.
+    pub fn queued(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir().join("queue")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "env"))
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `condition` until it holds or the timeout passes; returns whether it held.
+pub fn wait_until(condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// The value of `key=` in a logfmt line (unquoted values only).
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    if let Some(quoted) = rest.strip_prefix('"') {
+        return quoted.split('"').next().map(str::to_string);
+    }
+    Some(rest.split(' ').next().unwrap_or("").to_string())
+}
+
+/// A raw SMTP client over any byte stream.
+pub struct Client<S: Read + Write> {
+    reader: BufReader<S>,
+}
+
+pub type PlainClient = Client<TcpStream>;
+pub type TlsClient = Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+impl PlainClient {
+    /// Connects and reads the greeting.
+    pub fn connect(addr: SocketAddr) -> PlainClient {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = Client {
+            reader: BufReader::new(tcp),
+        };
+        c.expect("220");
+        c
+    }
+
+    /// EHLO, STARTTLS, handshake, EHLO again.
+    pub fn starttls(mut self) -> TlsClient {
+        self.cmd("EHLO client.test", "250");
+        self.cmd("STARTTLS", "220");
+        let mut c = self.into_tls_after_220();
+        c.cmd("EHLO client.test", "250");
+        c
+    }
+
+    /// The TLS handshake, once the server has answered STARTTLS with 220.
+    pub fn into_tls_after_220(self) -> TlsClient {
+        assert!(
+            self.reader.buffer().is_empty(),
+            "server sent bytes after 220"
+        );
+        let tcp = self.reader.into_inner();
+        Client {
+            reader: BufReader::new(tls_wrap(tcp)),
+        }
+    }
+}
+
+impl TlsClient {
+    /// Implicit TLS (`submissions`): handshake, greeting.
+    pub fn connect_tls(addr: SocketAddr) -> TlsClient {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = Client {
+            reader: BufReader::new(tls_wrap(tcp)),
+        };
+        c.expect("220");
+        c
+    }
+
+    /// AUTH PLAIN with an empty authzid; expects success.
+    pub fn login(&mut self, user: &str, password: &str) -> String {
+        self.cmd(
+            &format!("AUTH PLAIN {}", plain(None, user, password)),
+            "235 2.7.0",
+        )
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+        self.reader.get_mut().flush().expect("flush");
+    }
+
+    /// Reads one complete (possibly multi-line) reply. Empty string at EOF.
+    pub fn read_reply(&mut self) -> String {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return reply,
+                Ok(_) => {}
+            }
+            reply.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return reply;
+            }
+        }
+    }
+
+    /// Reads a reply and asserts it starts with `prefix`.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let reply = self.read_reply();
+        assert!(
+            reply.starts_with(prefix),
+            "expected {prefix:?}, got {reply:?}"
+        );
+        reply
+    }
+
+    /// Sends a command line and expects a reply starting with `prefix`.
+    pub fn cmd(&mut self, line: &str, prefix: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.expect(prefix)
+    }
+
+    /// True when the server closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+pub fn plain(authzid: Option<&str>, user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let raw = format!("{}\0{user}\0{password}", authzid.unwrap_or(""));
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+fn tls_wrap(tcp: TcpStream) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("mail.example.com").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// The test servers use self-signed certificates.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A path inside the test's directory, for configs that point at files.
+pub fn path_in(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

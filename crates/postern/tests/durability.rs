@@ -1,0 +1,76 @@
+//! A message that got `250` survives `kill -9` and is delivered after the restart.
+
+mod common;
+
+use common::{PlainClient, Server, field};
+
+#[test]
+fn message_acknowledged_before_kill_9_is_delivered_after_restart() {
+    let mut server = Server::start();
+    // A regular file where the Maildir tree should go makes delivery fail
+    // (temporarily), so the message is still in the queue when the server dies.
+    let blocker = server.dir.path().join("mail");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    c.cmd("RCPT TO:<alice@example.com>", "250");
+    c.cmd("DATA", "354");
+    let reply = c.cmd(
+        "Subject: survive\r\n\r\nstill here\r\n.",
+        "250 2.0.0 Ok: queued as ",
+    );
+    let queue_id = reply.trim_end().rsplit(' ').next().unwrap().to_string();
+    server.kill9();
+    drop(c);
+
+    assert_eq!(
+        server.queued().len(),
+        1,
+        "the acknowledged message is on disk"
+    );
+    std::fs::remove_file(&blocker).unwrap();
+    server.restart();
+
+    let mails = server.wait_for_delivery("alice@example.com", 1);
+    assert_eq!(mails.len(), 1, "log:\n{}", server.log_text());
+    assert!(mails[0].contains("still here"));
+    assert!(mails[0].contains(&format!("id {queue_id}")));
+    let recovered = server.wait_for_log("event=queue_recovered messages=1");
+    assert!(
+        recovered.is_some(),
+        "the restart found the message in the queue"
+    );
+}
+
+#[test]
+fn failed_maildir_delivery_is_deferred_and_kept() {
+    let server = Server::start();
+    std::fs::write(server.dir.path().join("mail"), b"blocker").unwrap();
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    c.cmd("RCPT TO:<alice@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.cmd("Subject: later\r\n\r\nx\r\n.", "250");
+    let deferred = server.wait_for_log("event=deferred").unwrap();
+    assert_eq!(
+        field(&deferred, "rcpt").as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(field(&deferred, "relay").as_deref(), Some("maildir"));
+    assert!(field(&deferred, "dsn").unwrap().starts_with("4."));
+    assert_eq!(
+        server.queued().len(),
+        1,
+        "a failed delivery never loses the message"
+    );
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    let mut server = Server::start();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+}

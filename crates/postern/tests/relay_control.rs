@@ -1,0 +1,165 @@
+//! Who may send where: relay denied without a login (loopback included), local
+//! mailboxes open to the world, AUTH only inside TLS, senders owned by their login.
+
+mod common;
+
+use common::{PASSWORD, PlainClient, Server, field, plain};
+
+const RELAY_DENIED: &str = "550 5.7.1 Relaying denied";
+
+#[test]
+fn relay_from_loopback_on_mx_is_denied_then_accepted_after_auth() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<anyone@remote.test>", "250");
+    let reply = c.cmd("RCPT TO:<victim@remote.test>", RELAY_DENIED);
+    assert!(
+        reply.contains("587"),
+        "the reply says how to succeed: {reply}"
+    );
+    assert!(reply.contains("AUTH"), "{reply}");
+    let line = server.wait_for_log("event=rejected").unwrap();
+    assert_eq!(field(&line, "reason").as_deref(), Some("relay_denied"));
+    assert_eq!(field(&line, "client").as_deref(), Some("127.0.0.1"));
+    assert_eq!(field(&line, "rcpt").as_deref(), Some("victim@remote.test"));
+    assert_eq!(field(&line, "from").as_deref(), Some("anyone@remote.test"));
+
+    // The same recipient, after STARTTLS and AUTH on the same listener.
+    let mut c = PlainClient::connect(server.addr("mx")).starttls();
+    c.login("alice@example.com", PASSWORD);
+    c.cmd("MAIL FROM:<alice@example.com>", "250");
+    c.cmd("RCPT TO:<victim@remote.test>", "250 2.1.5");
+}
+
+#[test]
+fn unauthenticated_mail_to_a_local_mailbox_lands_intact() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO sender.remote.test", "250");
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    c.cmd("RCPT TO:<Alice@EXAMPLE.com>", "250");
+    c.cmd("DATA", "354");
+    let body = "From: someone@remote.test\r\nTo: alice@example.com\r\nSubject: hello\r\n\r\nLine one\r\n..dot-stuffed\r\nLast line\r\n";
+    c.send_raw(body.as_bytes());
+    let reply = c.cmd(".", "250 2.0.0 Ok: queued as ");
+    let queue_id = reply.trim_end().rsplit(' ').next().unwrap().to_string();
+    c.cmd("QUIT", "221");
+
+    let mails = server.wait_for_delivery("alice@example.com", 1);
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    let expected_body = body.replace("\r\n", "\n").replace("\n..dot", "\n.dot");
+    assert!(mail.ends_with(&expected_body), "message changed:\n{mail}");
+    assert!(mail.starts_with("Return-Path: <someone@remote.test>\nDelivered-To: alice@example.com\nReceived: from sender.remote.test ([127.0.0.1])\n\tby mail.example.com (postern) with ESMTP id "), "{mail}");
+    assert!(mail.contains(&format!("id {queue_id}")), "{mail}");
+    assert!(!mail.contains("Message-ID"), "MX mail is not rewritten");
+
+    let accepted = server.wait_for_log("event=accepted").unwrap();
+    assert_eq!(field(&accepted, "auth").as_deref(), Some("-"));
+    assert_eq!(
+        field(&accepted, "queue_id").as_deref(),
+        Some(queue_id.as_str())
+    );
+    let delivered = server.wait_for_log("event=delivered").unwrap();
+    assert_eq!(field(&delivered, "relay").as_deref(), Some("maildir"));
+    assert_eq!(
+        field(&delivered, "rcpt").as_deref(),
+        Some("Alice@example.com")
+    );
+    assert!(
+        common::wait_until(|| server.queued().is_empty()),
+        "a delivered message leaves the queue"
+    );
+}
+
+#[test]
+fn unknown_local_mailbox_is_refused_with_550_5_1_1() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    c.cmd("RCPT TO:<nobody@example.com>", "550 5.1.1");
+    let line = server.wait_for_log("reason=unknown_user").unwrap();
+    assert_eq!(field(&line, "rcpt").as_deref(), Some("nobody@example.com"));
+}
+
+#[test]
+fn auth_is_neither_advertised_nor_accepted_before_starttls() {
+    let server = Server::start();
+    for listener in ["mx", "submission"] {
+        let mut c = PlainClient::connect(server.addr(listener));
+        let ehlo = c.cmd("EHLO client.test", "250");
+        assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+        assert!(!ehlo.contains("AUTH"), "{ehlo}");
+        c.cmd(
+            &format!("AUTH PLAIN {}", plain(None, "alice@example.com", PASSWORD)),
+            "538 5.7.11",
+        );
+        c.cmd("AUTH LOGIN", "538 5.7.11");
+    }
+}
+
+#[test]
+fn submission_requires_auth_before_mail() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    c.cmd(
+        "MAIL FROM:<alice@example.com>",
+        "530 5.7.0 Authentication required",
+    );
+    server.wait_for_log("reason=auth_required").unwrap();
+}
+
+#[test]
+fn authzid_different_from_the_login_is_refused() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    let auth = plain(Some("bob@example.com"), "alice@example.com", PASSWORD);
+    c.cmd(&format!("AUTH PLAIN {auth}"), "535 5.7.8");
+    // Empty and equal authzids are fine.
+    let auth = plain(Some("alice@example.com"), "alice@example.com", PASSWORD);
+    c.cmd(&format!("AUTH PLAIN {auth}"), "235 2.7.0");
+}
+
+#[test]
+fn sasl_cancel_and_bad_base64_get_501() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    c.cmd("AUTH PLAIN", "334");
+    c.cmd("*", "501");
+    c.cmd("AUTH PLAIN not*base64", "501");
+    c.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6");
+    c.cmd("*", "501");
+}
+
+#[test]
+fn sender_not_owned_by_the_login_is_refused_with_553() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    c.login("alice@example.com", PASSWORD);
+    c.cmd("MAIL FROM:<bob@example.com>", "553 5.7.1");
+    c.cmd("MAIL FROM:<ALICE@example.com>", "250");
+    let line = server.wait_for_log("reason=sender_mismatch").unwrap();
+    assert_eq!(field(&line, "from").as_deref(), Some("bob@example.com"));
+}
+
+#[test]
+fn open_relay_tricks_never_relay_or_misdeliver() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    for (rcpt, code) in [
+        ("<victim%remote.test@example.com>", "550 5.7.1"),
+        ("<remote.test!victim@example.com>", "550 5.7.1"),
+        ("<\"victim@remote.test\"@example.com>", "550 5.7.1"),
+        ("<victim@remote.test@example.com>", "501 5.1.3"),
+        ("<@example.com:victim@remote.test>", "501 5.1.3"),
+        ("<alice@example.com.>", "501 5.1.3"),
+        ("<victim@[127.0.0.1]>", RELAY_DENIED),
+        ("<alice@EXAMPLE.COM>", "250"),
+    ] {
+        c.cmd(&format!("RCPT TO:{rcpt}"), code);
+    }
+}
