@@ -1,0 +1,175 @@
+//! `postern check-config`, chasquid-style: every directory under `tests/bad_configs/`
+//! holds a `postern.toml` with one mistake and an `expected-error` file with the exact
+//! one-line stderr of `postern check-config --config <that file>`, the file's path
+//! written as the token `FILE`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_postern");
+
+fn check_config(config: &Path) -> Output {
+    Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(config)
+        .env_remove("POSTERN_CONFIG")
+        .output()
+        .expect("run postern check-config")
+}
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_configs");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| e.expect("read_dir entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn every_bad_config_fails_with_its_expected_error() {
+    let dirs = fixture_dirs();
+    assert!(dirs.len() >= 10, "expected the fixtures, found {dirs:?}");
+    let mut failures = Vec::new();
+    for dir in &dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let config = dir.join("postern.toml");
+        let expected = std::fs::read_to_string(dir.join("expected-error"))
+            .unwrap_or_else(|e| panic!("{name}/expected-error: {e}"));
+        let out = check_config(&config);
+        let stderr = String::from_utf8_lossy(&out.stderr)
+            .replace(config.to_str().expect("utf-8 path"), "FILE");
+        if out.status.code() != Some(1) {
+            failures.push(format!(
+                "{name}: exit status {:?}, expected 1; stderr: {stderr}",
+                out.status.code()
+            ));
+        } else if stderr != expected {
+            failures.push(format!(
+                "{name}:\n  expected: {expected:?}\n  got:      {stderr:?}"
+            ));
+        }
+        if !out.stdout.is_empty() {
+            failures.push(format!(
+                "{name}: unexpected stdout: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad configs did not fail as expected:\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_contract_example_is_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let config = dir.path().join("postern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"hostname = "mail.example.com"
+data_dir = "{d}/data"
+local_domains = ["example.com"]
+
+[[listener]]
+name = "mx"
+addr = "0.0.0.0:25"
+role = "mx"
+
+[[listener]]
+name = "submission"
+addr = "0.0.0.0:587"
+role = "submission"
+
+[[listener]]
+name = "submissions"
+addr = "0.0.0.0:465"
+role = "submissions"
+
+[tls]
+cert = "{d}/cert.pem"
+key  = "{d}/key.pem"
+
+[auth]
+passwd_file = "{d}/passwd"
+
+[local_submission]
+socket = "{d}/submit.sock"
+
+[delivery]
+maildir = "{d}/vmail/%d/%n/Maildir"
+relay_host = "127.0.0.1:10099"
+[delivery.routes]
+"remote.test" = "127.0.0.1:10099"
+
+[limits]
+max_message_size = 26214400
+max_recipients = 100
+login_messages_per_hour = 0
+uid_messages_per_hour = 0
+auth_failures_before_block = 10
+auth_block_seconds = 600
+
+[metrics]
+addr = "127.0.0.1:9187"
+
+[[dkim]]
+domain = "example.com"
+selector = "s1"
+key = "{d}/dkim/example.com.s1.key"
+"#
+        ),
+    )
+    .expect("write config");
+    let out = check_config(&config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.is_empty(), "stderr: {stderr}");
+    assert!(stdout.contains("ok"), "stdout: {stdout}");
+}
+
+#[test]
+fn without_any_config_file_the_built_in_defaults_are_valid() {
+    assert!(
+        !Path::new("/etc/postern/postern.toml").exists(),
+        "/etc/postern/postern.toml exists on this machine, so the built-in defaults \
+         cannot be tested here"
+    );
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .current_dir(cwd.path())
+        .env_remove("POSTERN_CONFIG")
+        .output()
+        .expect("run postern check-config");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stdout.contains("defaults are valid"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "check-config must not create anything"
+    );
+}
