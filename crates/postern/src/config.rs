@@ -110,6 +110,10 @@ pub struct Limits {
     pub uid_messages_per_hour: u32,
     pub auth_failures_before_block: u32,
     pub auth_block_seconds: u64,
+    /// Seconds to wait for a command (RFC 5321 §4.5.3.2.7 says at least 300).
+    pub command_timeout: u64,
+    /// Seconds to wait for each block of DATA (RFC 5321 §4.5.3.2.5: 180).
+    pub data_timeout: u64,
 }
 
 impl Default for Limits {
@@ -121,6 +125,8 @@ impl Default for Limits {
             uid_messages_per_hour: 0,
             auth_failures_before_block: 10,
             auth_block_seconds: 600,
+            command_timeout: 300,
+            data_timeout: 180,
         }
     }
 }
@@ -412,6 +418,12 @@ fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
             "maildir",
             "delivery.maildir must contain %n, %d or %u, or every mailbox would share one Maildir"
                 .into(),
+        ));
+    }
+    if config.limits.command_timeout == 0 || config.limits.data_timeout == 0 {
+        return Err(invalid(
+            "command_timeout",
+            "limits.command_timeout and limits.data_timeout must be at least 1 second".into(),
         ));
     }
     if config.limits.max_message_size == 0 || config.limits.max_recipients == 0 {

@@ -137,3 +137,21 @@ fn plaintext_injected_after_starttls_is_discarded() {
     tls.cmd("EHLO client.test", "250");
     tls.cmd("MAIL FROM:<a@remote.test>", "250");
 }
+
+#[test]
+fn idle_and_trickling_clients_are_dropped_with_421() {
+    let server = Server::start_with("[limits]\ncommand_timeout = 1\ndata_timeout = 1\n");
+    let mut idle = PlainClient::connect(server.addr("mx"));
+    assert!(idle.read_reply().starts_with("421 4.4.2"));
+    assert!(idle.is_closed());
+    // Half a command, then nothing (slowloris).
+    let mut slow = PlainClient::connect(server.addr("mx"));
+    slow.send_raw(b"EHL");
+    assert!(slow.read_reply().starts_with("421 4.4.2"));
+    // Stalled in the middle of DATA: nothing is queued.
+    let mut stalled = open_transaction(&server);
+    stalled.send_raw(b"Subject: half\r\n");
+    assert!(stalled.read_reply().starts_with("421 4.4.2"));
+    assert!(server.queued().is_empty());
+    server.wait_for_log("event=timeout").unwrap();
+}

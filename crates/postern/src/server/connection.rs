@@ -27,10 +27,6 @@ use crate::headers;
 use crate::policy::{self, MailboxLookup, RecipientFacts, Verdict};
 use crate::queue::{Envelope, Origin, QueueId};
 
-/// RFC 5321 §4.5.3.2.7: the server waits at least five minutes for a command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-/// RFC 5321 §4.5.3.2.5: three minutes for each block of DATA.
-const DATA_TIMEOUT: Duration = Duration::from_secs(180);
 /// A TLS handshake that takes longer is a stalled or hostile client.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Protocol errors before the connection is closed with `421`.
@@ -136,11 +132,12 @@ impl Connection {
     /// left, timed out, or the server is shutting down.
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         loop {
-            let limit = match self.session.wants() {
-                Wants::Data => DATA_TIMEOUT,
-                Wants::Command | Wants::Answer => COMMAND_TIMEOUT,
+            let limits = &self.ctx.config.limits;
+            let limit = Duration::from_secs(match self.session.wants() {
+                Wants::Data => limits.data_timeout,
+                Wants::Command | Wants::Answer => limits.command_timeout,
                 Wants::Closed => return Ok(None),
-            };
+            });
             // A shutdown lets a message being received finish, and stops the rest at
             // the next command.
             if self.shutting_down && self.session.wants() == Wants::Command {
@@ -311,8 +308,7 @@ impl Connection {
         if let Some(authzid) = &credentials.authzid
             && !authzid.eq_ignore_ascii_case(&credentials.login)
         {
-            self.log_auth_failure(&login, mechanism);
-            return Err(Reply::authzid_mismatch());
+            return Err(self.auth_failure(&login, mechanism, Reply::authzid_mismatch()));
         }
         let users = self.ctx.users.clone();
         let checked = tokio::task::spawn_blocking(move || {
@@ -325,8 +321,7 @@ impl Connection {
                 Ok(())
             }
             Ok(Ok(Verification::Rejected)) => {
-                self.log_auth_failure(&login, mechanism);
-                Err(Reply::auth_failed())
+                Err(self.auth_failure(&login, mechanism, Reply::auth_failed()))
             }
             Ok(Err(e)) => {
                 tracing::warn!(event = "auth_unavailable", client = %self.client, user = %login, error = %e);
@@ -339,7 +334,8 @@ impl Connection {
         }
     }
 
-    fn log_auth_failure(&mut self, login: &str, mechanism: &str) {
+    /// Logs a failed login (fail2ban reads these lines) and returns the reply.
+    fn auth_failure(&mut self, login: &str, mechanism: &str, reply: Reply) -> Reply {
         tracing::info!(
             event = "auth_failed",
             listener = %self.listener.name,
@@ -347,7 +343,8 @@ impl Connection {
             user = %login,
             mechanism,
         );
-        self.logged_refusal = Some(Reply::auth_failed());
+        self.logged_refusal = Some(reply.clone());
+        reply
     }
 
     // --- Spool ---
