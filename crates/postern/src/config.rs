@@ -69,6 +69,7 @@ impl Role {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
+    #[serde(deserialize_with = "socket_addr")]
     pub addr: SocketAddr,
     pub role: Role,
 }
@@ -134,6 +135,7 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
+    #[serde(deserialize_with = "socket_addr")]
     pub addr: SocketAddr,
 }
 
@@ -230,7 +232,7 @@ impl Config {
             ConfigError::Invalid {
                 path: path.display().to_string(),
                 line,
-                message: e.message().trim().to_string(),
+                message: plain_words(e.message().trim()),
             }
         })?;
         let config = Config::from_file(file, path.to_path_buf());
@@ -335,6 +337,24 @@ impl Config {
     }
 }
 
+/// Replaces Rust type names in serde's messages by words an administrator reads.
+fn plain_words(message: &str) -> String {
+    message
+        .replace("expected usize", "expected a whole number")
+        .replace("expected u64", "expected a whole number")
+        .replace("expected u32", "expected a whole number")
+}
+
+/// `"IP:PORT"`, with an error that shows the value and the expected form.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP:PORT address; write e.g. \"127.0.0.1:587\", \"0.0.0.0:25\" or \"[::1]:587\""
+        ))
+    })
+}
+
 /// The kernel's host name, or `localhost` when it cannot be read.
 pub fn system_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -349,49 +369,64 @@ fn line_of(text: &str, offset: usize) -> usize {
         .map_or(1, |t| t.matches('\n').count() + 1)
 }
 
-/// The line where `needle` first appears at the start of a (trimmed) line, for errors
-/// about values that are valid TOML but not a valid setting.
-fn line_of_key(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.trim_start().starts_with(needle))
-        .map_or(1, |i| i + 1)
+/// Lines that set `key` (`key = value`, any spacing): their 1-based numbers and the
+/// text after `=`. For errors about values that are valid TOML but not valid settings.
+fn key_lines<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+    text.lines().enumerate().filter_map(move |(i, line)| {
+        let rest = line.trim_start().strip_prefix(key)?;
+        let value = rest.trim_start().strip_prefix('=')?;
+        Some((i + 1, value.trim()))
+    })
+}
+
+fn line_of_key(text: &str, key: &str) -> usize {
+    key_lines(text, key).next().map_or(1, |(n, _)| n)
+}
+
+/// The line of the `occurrence`-th (0-based) `key = "value"`.
+fn line_of_value(text: &str, key: &str, value: &str, occurrence: usize) -> usize {
+    key_lines(text, key)
+        .filter(|(_, v)| string_value(v) == Some(value))
+        .nth(occurrence)
+        .map_or(1, |(n, _)| n)
+}
+
+/// The contents of a basic TOML string at the start of `v`, when it has no escapes.
+fn string_value(v: &str) -> Option<&str> {
+    let inner = v.strip_prefix('"')?;
+    inner.find('"').map(|end| &inner[..end])
 }
 
 fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
     let path = config.source.to_string();
-    let invalid = |needle: &str, message: String| ConfigError::Invalid {
+    let error = |line: usize, message: String| ConfigError::Invalid {
         path: path.clone(),
-        line: line_of_key(text, needle),
+        line,
         message,
     };
+    let invalid = |key: &str, message: String| error(line_of_key(text, key), message);
     if config.listeners.is_empty() {
-        return Err(ConfigError::Invalid {
-            path: path.clone(),
-            line: 1,
-            message: "no [[listener]] is configured; add one, e.g. name = \"submission\", addr = \"127.0.0.1:587\", role = \"submission\"".into(),
-        });
+        return Err(error(
+            1,
+            "no [[listener]] is configured; add one, e.g. name = \"submission\", addr = \"127.0.0.1:587\", role = \"submission\"".into(),
+        ));
     }
     let mut names = std::collections::HashSet::new();
     for l in &config.listeners {
         if l.name.is_empty() {
-            return Err(invalid("name", "listener name must not be empty".into()));
+            return Err(error(
+                line_of_value(text, "name", "", 0),
+                "listener name must not be empty".into(),
+            ));
         }
         if !names.insert(l.name.as_str()) {
-            let needle = format!("name = \"{}\"", l.name);
-            let line = text
-                .lines()
-                .enumerate()
-                .filter(|(_, t)| t.trim_start().starts_with(&needle))
-                .nth(1)
-                .map_or(1, |(i, _)| i + 1);
-            return Err(ConfigError::Invalid {
-                path: path.clone(),
-                line,
-                message: format!(
+            return Err(error(
+                line_of_value(text, "name", &l.name, 1),
+                format!(
                     "listener name {:?} is used twice; names must be unique",
                     l.name
                 ),
-            });
+            ));
         }
     }
     for d in &config.local_domains {
@@ -420,17 +455,16 @@ fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
                 .into(),
         ));
     }
-    if config.limits.command_timeout == 0 || config.limits.data_timeout == 0 {
-        return Err(invalid(
-            "command_timeout",
-            "limits.command_timeout and limits.data_timeout must be at least 1 second".into(),
-        ));
-    }
-    if config.limits.max_message_size == 0 || config.limits.max_recipients == 0 {
-        return Err(invalid(
-            "max_",
-            "limits.max_message_size and limits.max_recipients must be above 0".into(),
-        ));
+    let limits = &config.limits;
+    for (key, value) in [
+        ("max_message_size", limits.max_message_size as u64),
+        ("max_recipients", limits.max_recipients as u64),
+        ("command_timeout", limits.command_timeout),
+        ("data_timeout", limits.data_timeout),
+    ] {
+        if value == 0 {
+            return Err(invalid(key, format!("limits.{key} must be at least 1")));
+        }
     }
     Ok(())
 }
@@ -533,6 +567,22 @@ key = "/var/lib/postern/dkim/example.com.s1.key"
             .to_string();
         assert!(err.starts_with("test.toml:6: "), "{err}");
         assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_offending_line_whatever_the_spacing() {
+        let text = "[[listener]]\nname=\"mx\"\naddr = \"127.0.0.1:25\"\nrole = \"mx\"\n[[listener]]\nname  =  \"mx\" # again\naddr = \"127.0.0.1:26\"\nrole = \"mx\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:6: "), "{err}");
+        let err = parse(&format!(
+            "{MINIMAL}[limits]\nmax_message_size = 10\nmax_recipients = 0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("test.toml:7: limits.max_recipients"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! holds a `postern.toml` with one mistake and an `expected-error` file with the exact
 //! one-line stderr of `postern check-config --config <that file>`, the file's path
 //! written as the token `FILE`.
+//!
+//! Adding a key to a table changes the "expected one of" lists. To rewrite the
+//! `expected-error` files from the current binary, run
+//! `POSTERN_BLESS=1 cargo test -p postern --test check_config`, then read the diff:
+//! every message must still name the right line and say what is wrong.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -33,6 +38,7 @@ fn fixture_dirs() -> Vec<PathBuf> {
 fn every_bad_config_fails_with_its_expected_error() {
     let dirs = fixture_dirs();
     assert!(dirs.len() >= 10, "expected the fixtures, found {dirs:?}");
+    let bless = std::env::var_os("POSTERN_BLESS").is_some();
     let mut failures = Vec::new();
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -47,6 +53,13 @@ fn every_bad_config_fails_with_its_expected_error() {
                 "{name}: exit status {:?}, expected 1; stderr: {stderr}",
                 out.status.code()
             ));
+        } else if stderr.lines().count() != 1 || !stderr.starts_with("FILE:") {
+            failures.push(format!(
+                "{name}: stderr is not one `FILE:LINE: message` line: {stderr:?}"
+            ));
+        } else if stderr != expected && bless {
+            std::fs::write(dir.join("expected-error"), &stderr).expect("bless expected-error");
+            eprintln!("blessed {name}: {stderr}");
         } else if stderr != expected {
             failures.push(format!(
                 "{name}:\n  expected: {expected:?}\n  got:      {stderr:?}"

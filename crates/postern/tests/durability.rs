@@ -69,6 +69,32 @@ fn failed_maildir_delivery_is_deferred_and_kept() {
 }
 
 #[test]
+fn sigterm_lets_a_message_in_progress_finish_and_closes_idle_sessions_with_421() {
+    let mut server = Server::start();
+    let mut idle = PlainClient::connect(server.addr("mx"));
+    idle.cmd("EHLO idle.test", "250");
+    let mut busy = PlainClient::connect(server.addr("mx"));
+    busy.cmd("EHLO busy.test", "250");
+    busy.cmd("MAIL FROM:<someone@remote.test>", "250");
+    busy.cmd("RCPT TO:<alice@example.com>", "250");
+    busy.cmd("DATA", "354");
+    busy.send_raw(b"Subject: in flight\r\n\r\n");
+
+    server.signal("TERM");
+    assert!(idle.read_reply().starts_with("421 4.3.2"));
+    server.wait_for_log("event=stopping").unwrap();
+    busy.cmd("still arriving\r\n.", "250 2.0.0 Ok: queued as ");
+    busy.send_raw(b"NOOP\r\n");
+    assert!(busy.read_reply().starts_with("421 4.3.2"));
+    let status = server.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        server.queued().len() + server.delivered("alice@example.com").len(),
+        1
+    );
+}
+
+#[test]
 fn sigterm_exits_zero() {
     let mut server = Server::start();
     let status = server.terminate();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::auth::{Credentials, PasswdFile};
@@ -52,6 +52,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let users = Arc::new(PasswdFile::new(&config.passwd_file));
     load_users(&users);
     let tls = tls::acceptor(&config).context("cannot set up TLS")?;
+    // Installed before the listeners are announced, so that a SIGTERM sent as soon as
+    // the server says it is listening is already handled.
+    let signals = Signals::install().context("cannot install signal handlers")?;
     let bound = server::bind(&config).await?;
     for b in &bound {
         tracing::info!(event = "listening", listener = %b.listener.name, addr = %b.local_addr(), role = b.listener.role.as_str());
@@ -62,7 +65,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         spool: spool.clone(),
         users: credentials.clone(),
     });
-    let delivery = dispatcher::start(deliverer, recovered);
+    let (stop, stopped) = watch::channel(false);
+    let (delivery, delivery_task) = dispatcher::start(deliverer, recovered, stopped.clone());
     let ctx = Arc::new(Context {
         config,
         tls,
@@ -70,9 +74,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         spool,
         delivery,
     });
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(handle_signals(stop, users));
+    tokio::spawn(signals.handle(stop, users));
     server::run(ctx, bound, stopped, SHUTDOWN_GRACE).await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, delivery_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "shutdown_timeout",
+            msg = "deliveries still running were cut off; they are retried at the next start"
+        );
+    }
     tracing::info!(event = "stopped");
     Ok(())
 }
@@ -94,31 +106,37 @@ fn load_users(users: &PasswdFile) {
     }
 }
 
-async fn handle_signals(stop: watch::Sender<bool>, users: Arc<PasswdFile>) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!(
-            event = "signals_unavailable",
-            msg = "cannot install signal handlers; stop the server with SIGKILL"
-        );
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                tracing::info!(event = "reload", msg = "re-reading the passwd-file (listeners and other settings need a restart in this version)");
-                load_users(&users);
+/// SIGTERM and SIGINT stop the server; SIGHUP re-reads the passwd-file.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn handle(mut self, stop: watch::Sender<bool>, users: Arc<PasswdFile>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => {
+                    tracing::info!(event = "reload", msg = "re-reading the passwd-file (listeners and other settings need a restart in this version)");
+                    load_users(&users);
+                }
             }
         }
+        tracing::info!(
+            event = "stopping",
+            msg = "no new connections; open sessions end at their next command"
+        );
+        let _ = stop.send(true);
     }
-    tracing::info!(
-        event = "stopping",
-        msg = "no new connections; open sessions end at their next command"
-    );
-    let _ = stop.send(true);
 }

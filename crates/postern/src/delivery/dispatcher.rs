@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::maildir;
 use crate::auth::Credentials;
@@ -51,28 +52,42 @@ pub struct Deliverer {
 }
 
 /// Starts the dispatcher task and queues `recovered` (messages found at start).
-pub fn start(deliverer: Arc<Deliverer>, recovered: Vec<QueueId>) -> Dispatcher {
+///
+/// When `stop` turns true the dispatcher takes no new work and the returned task ends
+/// once the deliveries in progress have finished, so that a clean shutdown never
+/// leaves a delivered message in the queue (which would deliver it again).
+pub fn start(
+    deliverer: Arc<Deliverer>,
+    recovered: Vec<QueueId>,
+    stop: watch::Receiver<bool>,
+) -> (Dispatcher, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     for id in recovered {
         let _ = tx.send(id);
     }
-    tokio::spawn(run(deliverer, rx));
-    Dispatcher { tx }
+    let task = tokio::spawn(run(deliverer, rx, stop));
+    (Dispatcher { tx }, task)
 }
 
 /// Deferred messages by the time (Unix seconds) to look at them again.
 type Schedule = Arc<Mutex<BTreeMap<i64, Vec<QueueId>>>>;
 
-async fn run(deliverer: Arc<Deliverer>, mut rx: mpsc::UnboundedReceiver<QueueId>) {
+async fn run(
+    deliverer: Arc<Deliverer>,
+    mut rx: mpsc::UnboundedReceiver<QueueId>,
+    mut stop: watch::Receiver<bool>,
+) {
     let limit = Arc::new(Semaphore::new(PARALLEL_DELIVERIES));
     let in_flight: Arc<Mutex<HashSet<QueueId>>> = Arc::default();
     let schedule: Schedule = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         let id = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
             received = rx.recv() => match received {
                 Some(id) => id,
-                None => return,
+                None => break,
             },
             _ = tick.tick() => {
                 for id in take_due(&schedule, now()) {
@@ -83,6 +98,9 @@ async fn run(deliverer: Arc<Deliverer>, mut rx: mpsc::UnboundedReceiver<QueueId>
         };
         spawn_delivery(&deliverer, &limit, &in_flight, &schedule, id);
     }
+    // Every permit back means no delivery is running any more. Deliveries that were
+    // waiting for a permit go first (the semaphore is fair); the caller bounds the wait.
+    let _ = limit.acquire_many(PARALLEL_DELIVERIES as u32).await;
 }
 
 fn take_due(schedule: &Schedule, now: i64) -> Vec<QueueId> {

@@ -211,11 +211,24 @@ maildir = "{d}/mail/%d/%n/Maildir"
 
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .arg("-TERM")
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, …) without waiting.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
             .arg(child.id().to_string())
-            .status();
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the server to exit and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
         child.wait().expect("wait")
     }
 
