@@ -292,7 +292,9 @@ impl Config {
             ],
             tls: None,
             passwd_file: data_dir.join("passwd"),
-            local_submission: None,
+            local_submission: Some(LocalSubmission {
+                socket: data_dir.join("submit.sock"),
+            }),
             maildir: format!("{}/mail/%d/%n/Maildir", data_dir.display()),
             relay_host: None,
             routes: BTreeMap::new(),
@@ -312,20 +314,11 @@ impl Config {
     /// Settings this version reads but does not act on yet, for a warning at start.
     pub fn unimplemented_settings(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
-        if self.local_submission.is_some() {
-            unused.push("local_submission");
-        }
         if self.relay_host.is_some() {
             unused.push("delivery.relay_host");
         }
         if !self.routes.is_empty() {
             unused.push("delivery.routes");
-        }
-        if self.limits.login_messages_per_hour != 0 {
-            unused.push("limits.login_messages_per_hour");
-        }
-        if self.limits.uid_messages_per_hour != 0 {
-            unused.push("limits.uid_messages_per_hour");
         }
         if self.metrics.is_some() {
             unused.push("metrics");

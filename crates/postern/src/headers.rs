@@ -17,6 +17,8 @@ pub struct SmtpTrace<'a> {
     pub queue_id: &'a str,
     /// Named in the header only when there is exactly one, so a Bcc stays private.
     pub single_recipient: Option<&'a str>,
+    /// The Unix user owning a loopback client's socket (uid, name), when known.
+    pub owner: Option<(u32, &'a str)>,
 }
 
 /// The RFC 3848 `with` keyword: ESMTP, plus S for TLS and A for authentication.
@@ -37,8 +39,12 @@ pub fn received_smtp(trace: &SmtpTrace<'_>, now: DateTime<Local>) -> String {
         IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
     };
     let helo = sanitize(trace.helo);
+    let tcp_info = match trace.owner {
+        Some((uid, name)) => format!("{literal} uid {uid} user {}", sanitize(name)),
+        None => literal,
+    };
     let mut header = format!(
-        "Received: from {helo} ({literal})\r\n\tby {} (postern) with {keyword} id {}",
+        "Received: from {helo} ({tcp_info})\r\n\tby {} (postern) with {keyword} id {}",
         trace.hostname, trace.queue_id
     );
     if let Some(rcpt) = trace.single_recipient {
@@ -62,6 +68,14 @@ fn sanitize(text: &str) -> String {
 }
 
 /// `Date:` and `Message-ID:` for a submitted message that lacks them.
+/// `Received:` for mail from the submission socket (CONTRACT.md's exact form).
+pub fn received_local(hostname: &str, uid: u32, now: DateTime<Local>) -> String {
+    format!(
+        "Received: by {hostname} (postern, from userid {uid}); {}\r\n",
+        now.to_rfc2822()
+    )
+}
+
 pub fn missing_submission_headers(
     message: &[u8],
     hostname: &str,
@@ -122,10 +136,20 @@ mod tests {
             authenticated: true,
             queue_id: "0123456789ABCDEF01",
             single_recipient: Some("a@b.test"),
+            owner: None,
         };
         let h = received_smtp(&trace, Local::now());
         assert!(h.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby mail.example.com (postern) with ESMTPSA id 0123456789ABCDEF01\r\n\tfor <a@b.test>; "), "{h}");
         assert!(h.ends_with("\r\n"));
+        let attributed = SmtpTrace {
+            owner: Some((1001, "www")),
+            ..trace
+        };
+        let h = received_smtp(&attributed, Local::now());
+        assert!(
+            h.starts_with("Received: from client.test ([127.0.0.1] uid 1001 user www)\r\n"),
+            "{h}"
+        );
     }
 
     #[test]

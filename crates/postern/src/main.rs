@@ -6,8 +6,16 @@ use clap::Parser as _;
 use postern::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
+    // Invoked through a link named `sendmail`, behave as `postern sendmail`: its
+    // options are Sendmail's, not ours, so they bypass the argument parser.
+    let mut args = std::env::args();
+    let program = args.next().unwrap_or_default();
+    if program.rsplit('/').next() == Some("sendmail") {
+        return cli::sendmail::run(&args.collect::<Vec<_>>());
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Sendmail { args } => cli::sendmail::run(&args),
         Command::Serve { config } => report(cli::serve::run(config.as_deref())),
         Command::CheckConfig { config } => cli::check_config::run(config.as_deref()),
         Command::User { config, action } => report(cli::user::run(config.as_deref(), action)),

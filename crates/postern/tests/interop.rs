@@ -8,48 +8,13 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{PASSWORD, Server, field};
+use common::{PASSWORD, Server, available, field, find_program};
 
 /// Where Debian's `libphp-phpmailer` installs PHPMailer (`dpkg -L libphp-phpmailer`).
 const PHPMAILER_AUTOLOAD: &str = "/usr/share/php/libphp-phpmailer/autoload.php";
-
-/// Finds `program` on `PATH`.
-fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
-/// True when every requirement is there. Otherwise: under CI, fails the test; else
-/// prints that the test is skipped, and the caller returns.
-fn available(test: &str, requirements: &[(&str, Option<PathBuf>)]) -> bool {
-    let missing: Vec<&str> = requirements
-        .iter()
-        .filter(|(_, found)| found.is_none())
-        .map(|(what, _)| *what)
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let missing = missing.join(", ");
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{test}: {missing} not installed, and CI is set, so this test may not be skipped \
-             (apt-get install -y php-cli libphp-phpmailer curl python3)"
-        );
-    }
-    // Straight to stderr, past libtest's output capture, so the skip is always seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {missing} not installed (set CI to make this a failure)"
-    );
-    false
-}
 
 fn php_available(test: &str) -> bool {
     let autoload = Path::new(PHPMAILER_AUTOLOAD);

@@ -51,7 +51,15 @@ fn unauthenticated_mail_to_a_local_mailbox_lands_intact() {
     let mail = &mails[0];
     let expected_body = body.replace("\r\n", "\n").replace("\n..dot", "\n.dot");
     assert!(mail.ends_with(&expected_body), "message changed:\n{mail}");
-    assert!(mail.starts_with("Return-Path: <someone@remote.test>\nDelivered-To: alice@example.com\nReceived: from sender.remote.test ([127.0.0.1])\n\tby mail.example.com (postern) with ESMTP id "), "{mail}");
+    // On loopback the kernel names the Unix user behind the client socket.
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap();
+    let expected_start = format!(
+        "Return-Path: <someone@remote.test>\nDelivered-To: alice@example.com\nReceived: from sender.remote.test ([127.0.0.1] uid {} user {})\n\tby mail.example.com (postern) with ESMTP id ",
+        me.uid, me.name
+    );
+    assert!(mail.starts_with(&expected_start), "{mail}");
     assert!(mail.contains(&format!("id {queue_id}")), "{mail}");
     assert!(!mail.contains("Message-ID"), "MX mail is not rewritten");
 
@@ -162,4 +170,48 @@ fn open_relay_tricks_never_relay_or_misdeliver() {
     ] {
         c.cmd(&format!("RCPT TO:{rcpt}"), code);
     }
+}
+
+#[test]
+fn repeated_login_failures_block_the_client_even_with_the_right_password() {
+    let server =
+        Server::start_with("[limits]\nauth_failures_before_block = 3\nauth_block_seconds = 600\n");
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    let wrong = plain(None, "alice@example.com", "wrong");
+    c.cmd(&format!("AUTH PLAIN {wrong}"), "535 5.7.8");
+    c.cmd(&format!("AUTH PLAIN {wrong}"), "535 5.7.8");
+    c.cmd(
+        &format!("AUTH PLAIN {wrong}"),
+        "421 4.7.0 Too many failed logins",
+    );
+    assert!(c.is_closed());
+    server.wait_for_log("event=auth_blocked").unwrap();
+
+    let mut again = PlainClient::connect(server.addr("submission")).starttls();
+    let right = plain(None, "alice@example.com", PASSWORD);
+    again.cmd(&format!("AUTH PLAIN {right}"), "421 4.7.0");
+    let line = server.wait_for_log("reason=auth_blocked").unwrap();
+    assert_eq!(field(&line, "client").as_deref(), Some("127.0.0.1"));
+}
+
+#[test]
+fn the_login_limit_refuses_mail_with_450() {
+    let server = Server::start_with("[limits]\nlogin_messages_per_hour = 1\n");
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    c.login("ALICE@example.com", PASSWORD);
+    c.cmd("MAIL FROM:<alice@example.com>", "250");
+    c.cmd("RCPT TO:<bob@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.cmd("Subject: one\r\n\r\nx\r\n.", "250");
+    let reply = c.cmd(
+        "MAIL FROM:<alice@example.com>",
+        "450 4.7.1 Sending limit reached",
+    );
+    assert!(reply.contains("try again in"), "{reply}");
+    let line = server.wait_for_log("reason=rate_limited").unwrap();
+    assert_eq!(
+        field(&line, "auth").as_deref(),
+        Some("alice@example.com"),
+        "the login is logged in its canonical form"
+    );
 }

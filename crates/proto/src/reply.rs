@@ -353,6 +353,14 @@ impl Reply {
         )
     }
 
+    pub fn auth_blocked(minutes: u64) -> Reply {
+        Reply::new(
+            421,
+            Enhanced(4, 7, 0),
+            format!("Too many failed logins from this client; try again in {minutes} minutes"),
+        )
+    }
+
     pub fn auth_temporary_failure() -> Reply {
         Reply::new(
             454,
@@ -402,6 +410,16 @@ impl Reply {
             550,
             Enhanced(5, 7, 1),
             "Relaying denied: addresses with %, !, @ or quotes in the local part are not routed",
+        )
+    }
+
+    pub fn rate_limited(who: &str, limit: u32, minutes: u64) -> Reply {
+        Reply::new(
+            450,
+            Enhanced(4, 7, 1),
+            format!(
+                "Sending limit reached: {who} may send {limit} messages per hour; try again in {minutes} minutes"
+            ),
         )
     }
 

@@ -121,9 +121,7 @@ enum Pending {
     Rcpt {
         to: ForwardPath,
     },
-    Auth {
-        login: String,
-    },
+    Auth,
     Spool,
 }
 
@@ -246,20 +244,27 @@ impl Session {
         self.process();
     }
 
-    /// Answers a `Question::Auth`: the login on success, or the reply to send.
-    pub fn handle_auth(&mut self, result: Result<(), Reply>) {
-        let Some(Pending::Auth { login }) =
-            self.take_pending_if(|p| matches!(p, Pending::Auth { .. }))
-        else {
+    /// Answers a `Question::Auth`: on success the account's canonical login (which may
+    /// differ in case from what the client typed), or the reply to send. A refusal
+    /// counts as a protocol error, so guessing passwords ends the connection.
+    pub fn handle_auth(&mut self, result: Result<String, Reply>) {
+        if self
+            .take_pending_if(|p| matches!(p, Pending::Auth))
+            .is_none()
+        {
             return;
-        };
+        }
         self.phase = Phase::AwaitingMail;
         match result {
-            Ok(()) => {
+            Ok(login) => {
                 self.login = Some(login);
                 self.send(Reply::auth_ok());
             }
-            Err(reply) => self.send(reply),
+            Err(reply) if reply.code == 421 => {
+                self.send(reply);
+                self.close();
+            }
+            Err(reply) => self.protocol_error(reply),
         }
         self.process();
     }
@@ -481,6 +486,10 @@ impl Session {
             }
             _ => {}
         }
+        // Parameters are ESMTP extensions: a client that said HELO may not use them.
+        if !self.esmtp && params != MailParams::default() {
+            return self.protocol_error(Reply::unknown_parameter("after HELO (use EHLO)"));
+        }
         // RFC 1870 §6.2: refuse at once a message declared too big.
         if params
             .size
@@ -560,6 +569,9 @@ impl Session {
     }
 
     fn starttls(&mut self) {
+        if !self.esmtp {
+            return self.protocol_error(Reply::bad_sequence("send EHLO first"));
+        }
         if self.tls {
             return self.protocol_error(Reply::bad_sequence("TLS is already active"));
         }
@@ -577,6 +589,11 @@ impl Session {
     fn auth(&mut self, mechanism: &str, initial_response: Option<String>) {
         if matches!(self.phase, Phase::AwaitingHelo) {
             return self.protocol_error(Reply::bad_sequence("send EHLO first"));
+        }
+        if !self.esmtp {
+            return self.protocol_error(Reply::bad_sequence(
+                "send EHLO first: AUTH is an ESMTP extension",
+            ));
         }
         if self.login.is_some() {
             return self.protocol_error(Reply::auth_already());
@@ -629,10 +646,7 @@ impl Session {
             })),
         });
         match credentials {
-            Ok(Some(credentials)) => {
-                let login = credentials.login.clone();
-                self.ask(Question::Auth(credentials), Pending::Auth { login });
-            }
+            Ok(Some(credentials)) => self.ask(Question::Auth(credentials), Pending::Auth),
             Ok(None) => {}
             Err(SaslError::Cancelled) => self.protocol_error(Reply::auth_cancelled()),
             Err(SaslError::BadBase64) => self.protocol_error(Reply::auth_bad_base64()),

@@ -15,6 +15,7 @@
 //! users cost a hash computation too, so timing does not tell whether a login exists; hashes
 //! and `{PLAIN}` passwords are compared in constant time.
 
+pub mod guard;
 pub mod passwd_file;
 pub mod scheme;
 

@@ -1,6 +1,7 @@
 //! The command line: one file per command, each a thin adapter over the library.
 
 pub mod check_config;
+pub mod sendmail;
 pub mod serve;
 pub mod user;
 
@@ -31,6 +32,13 @@ pub enum Command {
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Submit a message from standard input (Sendmail-compatible options:
+    /// -t -i -oi -f SENDER -F NAME -oXXX, recipients as arguments).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Maintain the passwd-file named by auth.passwd_file.
     User {

@@ -13,6 +13,7 @@ use crate::auth::{Credentials, PasswdFile};
 use crate::config::{Config, Source};
 use crate::delivery::dispatcher::{self, Deliverer};
 use crate::queue::Spool;
+use crate::ratelimit::RateLimiter;
 use crate::server::{self, Context, tls};
 
 /// How long open sessions may take to finish after SIGTERM.
@@ -59,6 +60,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for b in &bound {
         tracing::info!(event = "listening", listener = %b.listener.name, addr = %b.local_addr(), role = b.listener.role.as_str());
     }
+    let local = match &config.local_submission {
+        Some(local) => {
+            let listener = crate::local::socket::bind(&local.socket)
+                .context("cannot create the local submission socket")?;
+            tracing::info!(event = "listening", listener = "local", addr = %local.socket.display(), role = "local");
+            Some(listener)
+        }
+        None => {
+            tracing::info!(
+                event = "local_submission_disabled",
+                msg = "no [local_submission] socket configured: `postern sendmail` cannot submit"
+            );
+            None
+        }
+    };
     let credentials: Arc<dyn Credentials> = users.clone();
     let deliverer = Arc::new(Deliverer {
         config: config.clone(),
@@ -73,9 +89,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         users: credentials,
         spool,
         delivery,
+        rates: RateLimiter::default(),
+        auth_failures: Default::default(),
     });
     tokio::spawn(signals.handle(stop, users));
-    server::run(ctx, bound, stopped, SHUTDOWN_GRACE).await;
+    server::run(ctx, bound, local, stopped, SHUTDOWN_GRACE).await;
     if tokio::time::timeout(SHUTDOWN_GRACE, delivery_task)
         .await
         .is_err()

@@ -27,6 +27,7 @@ pub enum Reason {
     UnknownUser,
     RoutedAddress,
     LookupFailed,
+    RateLimited,
 }
 
 impl Reason {
@@ -39,6 +40,7 @@ impl Reason {
             Reason::UnknownUser => "unknown_user",
             Reason::RoutedAddress => "routed_address",
             Reason::LookupFailed => "lookup_failed",
+            Reason::RateLimited => "rate_limited",
         }
     }
 }
@@ -84,6 +86,28 @@ pub struct RecipientFacts {
     pub mailbox: MailboxLookup,
 }
 
+/// Who is submitting a message, as far as relaying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitter<'a> {
+    /// An SMTP client that has not logged in, from anywhere (loopback included).
+    Anonymous,
+    /// An SMTP client logged in with this mailbox login.
+    Login(&'a str),
+    /// A local Unix user on the submission socket: known to the kernel, so its mail
+    /// may go anywhere, and every message carries its uid.
+    LocalUser(&'a str),
+}
+
+impl Submitter<'_> {
+    pub fn from_login(login: Option<&str>) -> Submitter<'_> {
+        login.map_or(Submitter::Anonymous, Submitter::Login)
+    }
+
+    fn may_relay(self) -> bool {
+        !matches!(self, Submitter::Anonymous)
+    }
+}
+
 /// MAIL FROM: may this client start a transaction with this sender?
 pub fn check_sender(role: Role, login: Option<&str>, from: &ReversePath) -> Verdict {
     let Some(login) = login else {
@@ -109,7 +133,11 @@ fn login_owns(login: &str, sender: &Mailbox) -> bool {
 }
 
 /// RCPT TO: may this recipient be added?
-pub fn check_recipient(login: Option<&str>, to: &ForwardPath, facts: RecipientFacts) -> Verdict {
+pub fn check_recipient(
+    submitter: Submitter<'_>,
+    to: &ForwardPath,
+    facts: RecipientFacts,
+) -> Verdict {
     if let ForwardPath::Mailbox(m) = to
         && m.is_routed()
     {
@@ -126,10 +154,19 @@ pub fn check_recipient(login: Option<&str>, to: &ForwardPath, facts: RecipientFa
             }
         };
     }
-    if login.is_some() {
+    if submitter.may_relay() {
         return Verdict::accept(Reply::recipient_ok());
     }
     Verdict::refuse(Reply::relay_denied(), Reason::RelayDenied)
+}
+
+/// The sender has reached its hourly limit; `wait` is when the next message fits.
+pub fn rate_limited(who: &str, limit: u32, wait: std::time::Duration) -> Verdict {
+    let minutes = wait.as_secs().div_ceil(60).max(1);
+    Verdict::refuse(
+        Reply::rate_limited(who, limit, minutes),
+        Reason::RateLimited,
+    )
 }
 
 #[cfg(test)]
@@ -184,19 +221,50 @@ mod tests {
 
     #[test]
     fn relay_needs_a_login_on_every_role() {
-        let v = check_recipient(None, &rcpt("x@remote.test"), REMOTE);
+        let v = check_recipient(Submitter::Anonymous, &rcpt("x@remote.test"), REMOTE);
         assert_eq!(v.reason, Reason::RelayDenied);
         assert_eq!(v.reply.code, 550);
         assert!(v.reply.text().starts_with("Relaying denied"));
         assert!(
-            check_recipient(Some("u@example.com"), &rcpt("x@remote.test"), REMOTE).is_accepted()
+            check_recipient(
+                Submitter::Login("u@example.com"),
+                &rcpt("x@remote.test"),
+                REMOTE
+            )
+            .is_accepted()
         );
     }
 
     #[test]
+    fn local_users_may_relay_but_unknown_local_mailboxes_are_still_refused() {
+        let who = Submitter::LocalUser("www-data");
+        assert!(check_recipient(who, &rcpt("x@remote.test"), REMOTE).is_accepted());
+        let v = check_recipient(who, &rcpt("nobody@example.com"), LOCAL_MISSING);
+        assert_eq!(v.reason, Reason::UnknownUser);
+    }
+
+    #[test]
+    fn rate_limit_verdict_is_temporary_and_says_when() {
+        let v = rate_limited("uid 1001 (www)", 50, std::time::Duration::from_secs(125));
+        assert_eq!(v.reason, Reason::RateLimited);
+        assert_eq!(
+            (v.reply.code, v.reply.enhanced.map(|e| e.to_string())),
+            (450, Some("4.7.1".into()))
+        );
+        assert!(v.reply.text().contains("3 minutes"), "{}", v.reply.text());
+    }
+
+    #[test]
     fn local_mailboxes_need_no_login_but_must_exist() {
-        assert!(check_recipient(None, &rcpt("u@example.com"), LOCAL_EXISTS).is_accepted());
-        let v = check_recipient(None, &rcpt("nobody@example.com"), LOCAL_MISSING);
+        assert!(
+            check_recipient(Submitter::Anonymous, &rcpt("u@example.com"), LOCAL_EXISTS)
+                .is_accepted()
+        );
+        let v = check_recipient(
+            Submitter::Anonymous,
+            &rcpt("nobody@example.com"),
+            LOCAL_MISSING,
+        );
         assert_eq!(v.reason, Reason::UnknownUser);
         assert_eq!(
             v.reply.enhanced.map(|e| e.to_string()),
@@ -210,7 +278,7 @@ mod tests {
             domain_is_local: true,
             mailbox: MailboxLookup::Unavailable,
         };
-        let v = check_recipient(None, &rcpt("u@example.com"), facts);
+        let v = check_recipient(Submitter::Anonymous, &rcpt("u@example.com"), facts);
         assert_eq!(v.reason, Reason::LookupFailed);
         assert!(v.reply.is_transient());
     }
@@ -222,8 +290,12 @@ mod tests {
             "remote.test!x@example.com",
             "\"x@remote.test\"@example.com",
         ] {
-            for login in [None, Some("u@example.com")] {
-                let v = check_recipient(login, &rcpt(addr), LOCAL_EXISTS);
+            for who in [
+                Submitter::Anonymous,
+                Submitter::Login("u@example.com"),
+                Submitter::LocalUser("www"),
+            ] {
+                let v = check_recipient(who, &rcpt(addr), LOCAL_EXISTS);
                 assert_eq!(v.reason, Reason::RoutedAddress, "{addr}");
             }
         }

@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postern_proto::sasl::Credentials as SaslCredentials;
 use postern_proto::server::{Action, Question, Session, SessionConfig, Transaction, Wants};
@@ -23,9 +23,12 @@ use super::Context;
 use super::tls::Stream;
 use crate::auth::Verification;
 use crate::config::{Listener, Role};
+use crate::facts;
 use crate::headers;
-use crate::policy::{self, MailboxLookup, RecipientFacts, Verdict};
+use crate::local::attribution::{UnixUser, loopback_owner};
+use crate::policy::{self, Verdict};
 use crate::queue::{Envelope, Origin, QueueId};
+use crate::ratelimit::RateKey;
 
 /// A TLS handshake that takes longer is a stalled or hostile client.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +39,8 @@ pub struct Connection {
     ctx: Arc<Context>,
     listener: Listener,
     client: IpAddr,
+    /// The Unix user owning the client socket, for loopback clients (attribution only).
+    owner: Option<UnixUser>,
     stream: Option<Stream>,
     session: Session,
     out: Vec<u8>,
@@ -54,6 +59,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let owner = socket_owner(&tcp, peer).await;
     let implicit_tls = listener.role == Role::Submissions;
     let stream = if implicit_tls {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, Stream::Plain(tcp).upgrade(&ctx.tls)).await {
@@ -76,6 +82,7 @@ pub async fn serve(
         ctx,
         listener,
         client: peer.ip(),
+        owner,
         stream: Some(stream),
         session,
         out: Vec::new(),
@@ -86,6 +93,18 @@ pub async fn serve(
     if let Err(e) = conn.run().await {
         tracing::debug!(event = "connection_error", client = %conn.client, error = %e);
     }
+}
+
+/// Who owns the client socket of a loopback connection, when the kernel says.
+async fn socket_owner(tcp: &TcpStream, peer: SocketAddr) -> Option<UnixUser> {
+    if !peer.ip().is_loopback() {
+        return None;
+    }
+    let local = tcp.local_addr().ok()?;
+    tokio::task::spawn_blocking(move || loopback_owner(peer, local).map(UnixUser::lookup))
+        .await
+        .ok()
+        .flatten()
 }
 
 fn log_tls_failure(listener: &Listener, client: IpAddr, error: &str) {
@@ -186,8 +205,19 @@ impl Connection {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
-        stream.write_all(&self.out).await?;
-        stream.flush().await?;
+        // A client that sends but never reads would otherwise hold this task forever.
+        let limit = Duration::from_secs(self.ctx.config.limits.command_timeout);
+        let write = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::info!(event = "timeout", listener = %self.listener.name, client = %self.client, msg = "client does not read its replies");
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+        }
         self.out.clear();
         Ok(())
     }
@@ -232,13 +262,20 @@ impl Connection {
     async fn answer(&mut self, question: Question) {
         match question {
             Question::Mail { from, .. } => {
-                let verdict = policy::check_sender(self.listener.role, self.session.login(), &from);
+                let mut verdict =
+                    policy::check_sender(self.listener.role, self.session.login(), &from);
+                if verdict.is_accepted()
+                    && let Some(limited) = self.rate_limit()
+                {
+                    verdict = limited;
+                }
                 self.log_verdict(&verdict, &from, None);
                 self.session.handle_verdict(verdict.reply);
             }
             Question::Rcpt { from, to } => {
-                let facts = self.recipient_facts(&to);
-                let verdict = policy::check_recipient(self.session.login(), &to, facts);
+                let facts = facts::recipient_facts(&self.ctx.config, self.ctx.users.as_ref(), &to);
+                let submitter = policy::Submitter::from_login(self.session.login());
+                let verdict = policy::check_recipient(submitter, &to, facts);
                 self.log_verdict(&verdict, &from, Some(&to));
                 self.session.handle_verdict(verdict.reply);
             }
@@ -261,50 +298,63 @@ impl Connection {
             from = %from,
             rcpt = %rcpt.map(ToString::to_string).unwrap_or_default(),
             auth = self.session.login().unwrap_or("-"),
+            uid = self.owner.as_ref().map(|o| o.uid),
+            user = self.owner.as_ref().map(|o| o.name.as_str()),
         );
         self.logged_refusal = Some(verdict.reply.clone());
     }
 
-    fn recipient_facts(&self, to: &ForwardPath) -> RecipientFacts {
-        let config = &self.ctx.config;
-        let address = match to {
-            ForwardPath::Postmaster => match config.local_domains.first() {
-                Some(domain) => format!("postmaster@{domain}"),
-                None => {
-                    return RecipientFacts {
-                        domain_is_local: false,
-                        mailbox: MailboxLookup::Missing,
-                    };
-                }
-            },
-            ForwardPath::Mailbox(m) => {
-                let local = m.domain().name().is_some_and(|d| config.is_local_domain(d));
-                if !local {
-                    return RecipientFacts {
-                        domain_is_local: false,
-                        mailbox: MailboxLookup::Missing,
-                    };
-                }
-                m.to_string()
+    /// The hourly limits of the login and of the attributed Unix user.
+    fn rate_limit(&self) -> Option<Verdict> {
+        let now = Instant::now();
+        for (key, limit, who) in self.rate_keys() {
+            if let Err(wait) = self.ctx.rates.check(&key, limit, now) {
+                return Some(policy::rate_limited(&who, limit, wait));
             }
-        };
-        let mailbox = match self.ctx.users.lookup(&address) {
-            Ok(Some(_)) => MailboxLookup::Exists,
-            Ok(None) => MailboxLookup::Missing,
-            Err(e) => {
-                tracing::warn!(event = "lookup_failed", address = %address, error = %e);
-                MailboxLookup::Unavailable
-            }
-        };
-        RecipientFacts {
-            domain_is_local: true,
-            mailbox,
+        }
+        None
+    }
+
+    /// What this session's messages count against: its login and its socket owner.
+    fn rate_keys(&self) -> Vec<(RateKey, u32, String)> {
+        let limits = &self.ctx.config.limits;
+        let mut keys = Vec::new();
+        if let Some(login) = self.session.login() {
+            keys.push((
+                RateKey::Login(login.to_lowercase()),
+                limits.login_messages_per_hour,
+                format!("login {login}"),
+            ));
+        }
+        if let Some(owner) = &self.owner {
+            keys.push((
+                RateKey::Uid(owner.uid),
+                limits.uid_messages_per_hour,
+                format!("uid {} ({})", owner.uid, owner.name),
+            ));
+        }
+        keys
+    }
+
+    /// The key failed logins are counted under: the attributed Unix user on loopback
+    /// (all sites share 127.0.0.1), else the IP address.
+    fn failure_key(&self) -> String {
+        match &self.owner {
+            Some(owner) => format!("uid:{}", owner.uid),
+            None => self.client.to_string(),
         }
     }
 
-    async fn authenticate(&mut self, credentials: SaslCredentials) -> Result<(), Reply> {
+    async fn authenticate(&mut self, credentials: SaslCredentials) -> Result<String, Reply> {
         let mechanism = credentials.mechanism.as_str();
-        let login = credentials.login.clone();
+        let login = credentials.login.to_lowercase();
+        let key = self.failure_key();
+        if let Some(left) = self.ctx.auth_failures.blocked_for(&key, Instant::now()) {
+            tracing::info!(event = "rejected", listener = %self.listener.name, client = %self.client, reason = "auth_blocked", user = %login);
+            let reply = Reply::auth_blocked(left.as_secs().div_ceil(60).max(1));
+            self.logged_refusal = Some(reply.clone());
+            return Err(reply);
+        }
         if let Some(authzid) = &credentials.authzid
             && !authzid.eq_ignore_ascii_case(&credentials.login)
         {
@@ -317,8 +367,9 @@ impl Connection {
         .await;
         match checked {
             Ok(Ok(Verification::Accepted)) => {
+                self.ctx.auth_failures.record_success(&key);
                 tracing::info!(event = "auth", listener = %self.listener.name, client = %self.client, user = %login, mechanism);
-                Ok(())
+                Ok(login)
             }
             Ok(Ok(Verification::Rejected)) => {
                 Err(self.auth_failure(&login, mechanism, Reply::auth_failed()))
@@ -334,7 +385,8 @@ impl Connection {
         }
     }
 
-    /// Logs a failed login (fail2ban reads these lines) and returns the reply.
+    /// Logs a failed login (fail2ban reads these lines), counts it against the client,
+    /// and returns the reply: `421` when this failure starts a block.
     fn auth_failure(&mut self, login: &str, mechanism: &str, reply: Reply) -> Reply {
         tracing::info!(
             event = "auth_failed",
@@ -342,7 +394,23 @@ impl Connection {
             client = %self.client,
             user = %login,
             mechanism,
+            uid = self.owner.as_ref().map(|o| o.uid),
         );
+        let limits = &self.ctx.config.limits;
+        let block = Duration::from_secs(limits.auth_block_seconds);
+        let key = self.failure_key();
+        let reply = match self.ctx.auth_failures.record_failure(
+            &key,
+            limits.auth_failures_before_block,
+            block,
+            Instant::now(),
+        ) {
+            Some(block) => {
+                tracing::warn!(event = "auth_blocked", client = %self.client, key = %key, seconds = block.as_secs());
+                Reply::auth_blocked(block.as_secs().div_ceil(60).max(1))
+            }
+            None => reply,
+        };
         self.logged_refusal = Some(reply.clone());
         reply
     }
@@ -353,7 +421,11 @@ impl Connection {
     async fn spool(&mut self, tx: Transaction) -> Result<String, Reply> {
         let queue_id = QueueId::generate();
         let prefix = self.added_headers(&tx, queue_id.as_str());
-        let rcpts: Vec<String> = tx.rcpts.iter().map(|r| self.recipient_address(r)).collect();
+        let rcpts: Vec<String> = tx
+            .rcpts
+            .iter()
+            .map(|r| facts::recipient_address(&self.ctx.config, r))
+            .collect();
         let size = (prefix.len() + tx.body.len()) as u64;
         let from = tx.from.to_string();
         let envelope = Envelope::new(
@@ -386,17 +458,15 @@ impl Connection {
             listener = %self.listener.name,
             client = %self.client,
             auth = self.session.login().unwrap_or("-"),
+            uid = self.owner.as_ref().map(|o| o.uid),
+            user = self.owner.as_ref().map(|o| o.name.as_str()),
         );
+        let now = Instant::now();
+        for (key, limit, _) in self.rate_keys() {
+            self.ctx.rates.record(key, limit, now);
+        }
         self.ctx.delivery.notify(queue_id.clone());
         Ok(queue_id.to_string())
-    }
-
-    fn recipient_address(&self, rcpt: &ForwardPath) -> String {
-        match (rcpt, self.ctx.config.local_domains.first()) {
-            (ForwardPath::Postmaster, Some(domain)) => format!("postmaster@{domain}"),
-            (ForwardPath::Postmaster, None) => format!("postmaster@{}", self.ctx.config.hostname),
-            (ForwardPath::Mailbox(m), _) => m.to_string(),
-        }
     }
 
     fn added_headers(&self, tx: &Transaction, queue_id: &str) -> String {
@@ -414,6 +484,7 @@ impl Connection {
             authenticated: self.session.login().is_some(),
             queue_id,
             single_recipient: single.as_deref(),
+            owner: self.owner.as_ref().map(|o| (o.uid, o.name.as_str())),
         };
         let mut prefix = headers::received_smtp(&trace, now);
         if self.session.login().is_some() {

@@ -15,14 +15,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Credentials;
+use crate::auth::guard::FailureGuard;
 use crate::config::{Config, Listener};
 use crate::delivery::dispatcher::Dispatcher;
 use crate::queue::Spool;
+use crate::ratelimit::RateLimiter;
 
 /// What every connection shares.
 pub struct Context {
@@ -31,6 +33,10 @@ pub struct Context {
     pub users: Arc<dyn Credentials>,
     pub spool: Spool,
     pub delivery: Dispatcher,
+    /// Messages per hour per login and per Unix user.
+    pub rates: RateLimiter,
+    /// Failed logins per client.
+    pub auth_failures: FailureGuard,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +84,7 @@ pub async fn bind(config: &Config) -> Result<Vec<Bound>, BindError> {
 pub async fn run(
     ctx: Arc<Context>,
     bound: Vec<Bound>,
+    local: Option<UnixListener>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -85,6 +92,10 @@ pub async fn run(
     let (alive, mut all_ended) = mpsc::channel::<()>(1);
     for b in bound {
         tokio::spawn(accept_loop(ctx.clone(), b, shutdown.clone(), alive.clone()));
+    }
+    if let Some(listener) = local {
+        let (ctx, shutdown, alive) = (ctx.clone(), shutdown.clone(), alive.clone());
+        tokio::spawn(crate::local::socket::serve(ctx, listener, shutdown, alive));
     }
     drop(alive);
     stopped(&mut shutdown).await;

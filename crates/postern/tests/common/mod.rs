@@ -37,6 +37,9 @@ impl Server {
     /// Starts a server whose config is the standard one plus `extra` TOML.
     pub fn start_with(extra: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Unprivileged test users must reach the config and the submission socket.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut server = Server {
             dir,
             child: None,
@@ -88,6 +91,9 @@ passwd_file = "{d}/passwd"
 
 [delivery]
 maildir = "{d}/mail/%d/%n/Maildir"
+
+[local_submission]
+socket = "{d}/run/submit.sock"
 {}
 "#,
             self.extra_config
@@ -152,16 +158,82 @@ maildir = "{d}/mail/%d/%n/Maildir"
         self.child = Some(child);
         self.addrs.clear();
         let already = self.log.lock().unwrap().len();
-        for name in ["mx", "submission", "submissions"] {
+        for name in ["mx", "submission", "submissions", "local"] {
             let line = self
                 .wait_for_log_after(already, &format!("event=listening listener={name} "))
                 .unwrap_or_else(|| panic!("listener {name} not ready; log:\n{}", self.log_text()));
+            if name == "local" {
+                continue;
+            }
             let addr = field(&line, "addr")
                 .expect("addr")
                 .parse()
                 .expect("socket addr");
             self.addrs.insert(name.to_string(), addr);
         }
+    }
+
+    /// Runs `postern sendmail ARGS` with `stdin`, as `user` when given (root only).
+    pub fn sendmail(
+        &self,
+        user: Option<&str>,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> std::process::Output {
+        // A freshly copied binary can be "busy" for a moment when another test thread
+        // forks while the copy's file is still open: try again.
+        for _ in 0..20 {
+            let out = self.sendmail_once(user, args, stdin);
+            if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.sendmail_once(user, args, stdin)
+    }
+
+    fn sendmail_once(
+        &self,
+        user: Option<&str>,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> std::process::Output {
+        let mut cmd = match user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(self.public_binary());
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.arg("sendmail")
+            .args(args)
+            .env("POSTERN_CONFIG", self.config_path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn sendmail");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("wait sendmail");
+        let _ = writer.join();
+        out
+    }
+
+    /// A copy of the binary that any user can run (the build directory may not be
+    /// reachable for an unprivileged test user).
+    pub fn public_binary(&self) -> PathBuf {
+        let copy = self.dir.path().join("postern");
+        if !copy.exists() {
+            let partial = self.dir.path().join("postern.partial");
+            std::fs::copy(BIN, &partial).expect("copy binary");
+            std::fs::rename(&partial, &copy).expect("rename binary");
+        }
+        copy
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -289,6 +361,70 @@ impl Drop for Server {
     }
 }
 
+/// Finds `program` on `PATH`.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// True when every requirement is there. Otherwise: under CI, fails the test; else
+/// prints that the test is skipped, and the caller returns.
+pub fn available(test: &str, requirements: &[(&str, Option<PathBuf>)]) -> bool {
+    let missing: Vec<&str> = requirements
+        .iter()
+        .filter(|(_, found)| found.is_none())
+        .map(|(what, _)| *what)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let missing = missing.join(", ");
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: {missing} not installed, and CI is set, so this test may not be skipped \
+             (apt-get install -y php-cli libphp-phpmailer curl python3)"
+        );
+    }
+    // Straight to stderr, past libtest's output capture, so the skip is always seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {missing} not installed (set CI to make this a failure)"
+    );
+    false
+}
+
+/// A Unix user for tests that need an unprivileged sender, created when missing.
+/// `None` (with a message on stderr) when the tests do not run as root.
+pub fn test_user(name: &str) -> Option<u32> {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("SKIPPED: creating the test user {name} needs root");
+        return None;
+    }
+    static CREATING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = CREATING.lock().unwrap_or_else(|p| p.into_inner());
+    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "Postern Test",
+            ])
+            .arg(name)
+            .status()
+            .expect("useradd");
+        assert!(status.success(), "useradd {name} failed");
+    }
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
 /// Polls `condition` until it holds or the timeout passes; returns whether it held.
 pub fn wait_until(condition: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -317,6 +453,23 @@ pub struct Client<S: Read + Write> {
 }
 
 pub type PlainClient = Client<TcpStream>;
+
+/// Read timeouts reach the TCP socket under any stream type.
+pub trait TcpBacked {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TcpBacked for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl TcpBacked for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
 pub type TlsClient = Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
 
 impl PlainClient {
@@ -374,7 +527,11 @@ impl TlsClient {
     }
 }
 
-impl<S: Read + Write> Client<S> {
+impl<S: Read + Write + TcpBacked> Client<S> {
+    fn set_timeout(&self, timeout: Duration) {
+        let _ = self.reader.get_ref().tcp().set_read_timeout(Some(timeout));
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).expect("write");
         self.reader.get_mut().flush().expect("flush");
@@ -412,10 +569,24 @@ impl<S: Read + Write> Client<S> {
         self.expect(prefix)
     }
 
-    /// True when the server closed the connection.
+    /// True when the server closed the connection: EOF or a reset within two seconds.
+    /// A read that times out means the connection is still open.
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
-        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+        self.set_timeout(Duration::from_secs(2));
+        let closed = match self.reader.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+        };
+        self.set_timeout(Duration::from_secs(20));
+        closed
     }
 }
 

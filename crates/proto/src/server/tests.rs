@@ -63,7 +63,7 @@ impl Driver {
                 Action::Ask(Question::Auth(c)) => {
                     let ok = c.password == "secret" && c.authzid.is_none();
                     self.session.handle_auth(if ok {
-                        Ok(())
+                        Ok(c.login.to_lowercase())
                     } else {
                         Err(Reply::auth_failed())
                     });
@@ -353,4 +353,44 @@ fn wants_tracks_the_phase() {
     s.handle_verdict(Reply::recipient_ok());
     s.handle_bytes(b"DATA\r\n");
     assert_eq!(s.wants(), Wants::Data);
+}
+
+#[test]
+fn helo_clients_get_no_extensions() {
+    transcript(
+        "HELO c\r\nSTARTTLS\r\nMAIL FROM:<a@b.test> SIZE=10\r\nMAIL FROM:<a@b.test>\r\n",
+        &format!(
+            "{GREETING}250 mx.example.com greets c\r\n503 5.5.1 Bad sequence of commands: send EHLO first\r\n555 5.5.4 Unsupported parameter after HELO (use EHLO)\r\n250 2.1.0 Sender ok\r\n"
+        ),
+    );
+}
+
+#[test]
+fn failed_logins_count_as_errors_and_end_the_connection() {
+    let mut c = config();
+    c.implicit_tls = true;
+    c.max_errors = 3;
+    let d = transcript_with(
+        c,
+        "EHLO c\r\nAUTH PLAIN AHUAd3Jvbmc=\r\nAUTH PLAIN AHUAd3Jvbmc=\r\nAUTH PLAIN AHUAd3Jvbmc=\r\nAUTH PLAIN AHVAZXhhbXBsZS5jb20Ac2VjcmV0\r\n",
+        &format!(
+            "{GREETING}{EHLO_TLS}{fail}{fail}{fail}421 4.7.0 Too many errors on this connection; closing\r\n",
+            fail = String::from_utf8(Reply::auth_failed().to_bytes()).unwrap()
+        ),
+    );
+    assert!(d.closed);
+    assert_eq!(d.session.login(), None);
+}
+
+#[test]
+fn the_login_is_the_canonical_one_from_the_answer() {
+    let mut c = config();
+    c.implicit_tls = true;
+    // "\0U@Example.COM\0secret"
+    let d = transcript_with(
+        c,
+        "EHLO c\r\nAUTH PLAIN AFVARXhhbXBsZS5DT00Ac2VjcmV0\r\n",
+        &format!("{GREETING}{EHLO_TLS}235 2.7.0 Authentication successful\r\n"),
+    );
+    assert_eq!(d.session.login(), Some("u@example.com"));
 }

@@ -1,0 +1,124 @@
+//! Brute-force defence: failed logins counted per client, and a block once there are
+//! too many.
+//!
+//! The client is its IP address, except on loopback, where every customer's code
+//! shares 127.0.0.1: there it is the attributed Unix user, so one site's password
+//! guessing cannot lock every other site out. While blocked, even a correct password
+//! is refused. Time is passed in, so this is testable without waiting.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub struct FailureGuard {
+    clients: Mutex<HashMap<String, Failures>>,
+}
+
+#[derive(Debug)]
+struct Failures {
+    count: u32,
+    first: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl FailureGuard {
+    /// How long `client` stays blocked, if it is.
+    pub fn blocked_for(&self, client: &str, now: Instant) -> Option<Duration> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let until = clients.get(client)?.blocked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Counts a failure. Returns the block length when this failure starts a block.
+    /// Failures older than `block` are forgotten, so a user who mistypes now and then
+    /// is never blocked. A `limit` of 0 disables blocking.
+    pub fn record_failure(
+        &self,
+        client: &str,
+        limit: u32,
+        block: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
+        if limit == 0 {
+            return None;
+        }
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|_, f| {
+            now.saturating_duration_since(f.first) < block
+                || f.blocked_until.is_some_and(|u| u > now)
+        });
+        let entry = clients.entry(client.to_string()).or_insert(Failures {
+            count: 0,
+            first: now,
+            blocked_until: None,
+        });
+        entry.count += 1;
+        if entry.count >= limit && entry.blocked_until.is_none_or(|u| u <= now) {
+            entry.blocked_until = Some(now + block);
+            return Some(block);
+        }
+        None
+    }
+
+    /// A successful login clears the client's failures.
+    pub fn record_success(&self, client: &str) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.remove(client);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BLOCK: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn blocks_after_the_limit_until_the_time_has_passed() {
+        let g = FailureGuard::default();
+        let t0 = Instant::now();
+        for i in 0..2 {
+            assert_eq!(
+                g.record_failure("203.0.113.9", 3, BLOCK, t0 + Duration::from_secs(i)),
+                None
+            );
+        }
+        assert_eq!(g.blocked_for("203.0.113.9", t0), None);
+        assert_eq!(
+            g.record_failure("203.0.113.9", 3, BLOCK, t0 + Duration::from_secs(2)),
+            Some(BLOCK)
+        );
+        assert_eq!(
+            g.blocked_for("203.0.113.9", t0 + Duration::from_secs(2)),
+            Some(BLOCK)
+        );
+        assert_eq!(
+            g.blocked_for("198.51.100.1", t0),
+            None,
+            "other clients are not blocked"
+        );
+        assert_eq!(
+            g.blocked_for("203.0.113.9", t0 + Duration::from_secs(2) + BLOCK),
+            None
+        );
+    }
+
+    #[test]
+    fn success_clears_and_old_failures_are_forgotten() {
+        let g = FailureGuard::default();
+        let t0 = Instant::now();
+        g.record_failure("uid:1001", 2, BLOCK, t0);
+        g.record_success("uid:1001");
+        assert_eq!(g.record_failure("uid:1001", 2, BLOCK, t0), None);
+        assert_eq!(
+            g.record_failure("uid:1001", 2, BLOCK, t0 + BLOCK + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            g.record_failure("x", 0, BLOCK, t0),
+            None,
+            "0 disables blocking"
+        );
+    }
+}
