@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -100,6 +101,82 @@ struct DeliveryFile {
     relay_host: Option<String>,
     #[serde(default)]
     routes: BTreeMap<String, String>,
+    // The outbound settings, listed here rather than flattened from `Outbound` so that
+    // an unknown key still gets its line number and the list of valid keys.
+    #[serde(default, deserialize_with = "optional_duration")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    connect_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_per_destination: Option<usize>,
+    plaintext_fallback: Option<bool>,
+}
+
+impl DeliveryFile {
+    fn outbound(&self) -> Outbound {
+        let d = Outbound::default();
+        Outbound {
+            timeout: self.timeout.unwrap_or(d.timeout),
+            connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_per_destination: self.max_per_destination.unwrap_or(d.max_per_destination),
+            plaintext_fallback: self.plaintext_fallback.unwrap_or(d.plaintext_fallback),
+        }
+    }
+}
+
+/// How mail leaves for other servers (`[delivery]`).
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Waiting for each reply of a remote server (RFC 5321 §4.5.3.2 suggests minutes).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Deliveries in flight at once, and to one destination (next hop).
+    pub max_connections: usize,
+    pub max_per_destination: usize,
+    /// When a STARTTLS handshake fails, try again without TLS (opportunistic TLS, as
+    /// Postfix's `may` level). `false` defers instead.
+    pub plaintext_fallback: bool,
+}
+
+impl Default for Outbound {
+    fn default() -> Outbound {
+        Outbound {
+            timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(30),
+            max_connections: 20,
+            max_per_destination: 4,
+            plaintext_fallback: true,
+        }
+    }
+}
+
+/// Retry and expiry of queued mail (`[queue]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Undelivered mail older than this bounces.
+    #[serde(deserialize_with = "duration")]
+    pub max_age: Duration,
+    /// The first retry delay; it doubles per attempt up to `retry_max`.
+    #[serde(deserialize_with = "duration")]
+    pub retry_first: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub retry_max: Duration,
+    /// After this long undelivered, the sender gets a "delayed" notice; 0 = never.
+    #[serde(deserialize_with = "duration")]
+    pub delay_warning: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> QueueSettings {
+        QueueSettings {
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            retry_first: Duration::from_secs(300),
+            retry_max: Duration::from_secs(3600),
+            delay_warning: Duration::ZERO,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +242,8 @@ struct ConfigFile {
     delivery: DeliveryFile,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    queue: QueueSettings,
     metrics: Option<Metrics>,
     #[serde(default, rename = "dkim")]
     dkim: Vec<DkimKey>,
@@ -185,7 +264,9 @@ pub struct Config {
     pub maildir: String,
     pub relay_host: Option<String>,
     pub routes: BTreeMap<String, String>,
+    pub outbound: Outbound,
     pub limits: Limits,
+    pub queue: QueueSettings,
     pub metrics: Option<Metrics>,
     pub dkim: Vec<DkimKey>,
 }
@@ -241,6 +322,7 @@ impl Config {
     }
 
     fn from_file(file: ConfigFile, path: PathBuf) -> Config {
+        let outbound = file.delivery.outbound();
         let data_dir = file
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
@@ -265,7 +347,9 @@ impl Config {
                 .unwrap_or_else(|| "/var/vmail/%d/%n/Maildir".to_string()),
             relay_host: file.delivery.relay_host,
             routes: file.delivery.routes,
+            outbound,
             limits: file.limits,
+            queue: file.queue,
             metrics: file.metrics,
             dkim: file.dkim,
             data_dir,
@@ -298,7 +382,9 @@ impl Config {
             maildir: format!("{}/mail/%d/%n/Maildir", data_dir.display()),
             relay_host: None,
             routes: BTreeMap::new(),
+            outbound: Outbound::default(),
             limits: Limits::default(),
+            queue: QueueSettings::default(),
             metrics: None,
             dkim: Vec::new(),
             data_dir,
@@ -314,12 +400,6 @@ impl Config {
     /// Settings this version reads but does not act on yet, for a warning at start.
     pub fn unimplemented_settings(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
-        if self.relay_host.is_some() {
-            unused.push("delivery.relay_host");
-        }
-        if !self.routes.is_empty() {
-            unused.push("delivery.routes");
-        }
         if self.metrics.is_some() {
             unused.push("metrics");
         }
@@ -336,6 +416,46 @@ fn plain_words(message: &str) -> String {
         .replace("expected usize", "expected a whole number")
         .replace("expected u64", "expected a whole number")
         .replace("expected u32", "expected a whole number")
+}
+
+/// A duration: a number of seconds, or a string with a unit (`"90s"`, `"5m"`, `"4h"`,
+/// `"5d"`).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Seconds(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{t:?} is not a duration; write e.g. 90 (seconds), \"90s\", \"5m\", \"4h\" or \"5d\""
+            ))
+        }),
+    }
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let scale = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(scale).map(Duration::from_secs)
 }
 
 /// `"IP:PORT"`, with an error that shows the value and the expected form.
@@ -574,6 +694,28 @@ key = "/var/lib/postern/dkim/example.com.s1.key"
         .to_string();
         assert!(
             err.starts_with("test.toml:7: limits.max_recipients"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_take_units_or_seconds() {
+        assert_eq!(parse_duration("5d"), Some(Duration::from_secs(432000)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("5 weeks"), None);
+        let c = parse(&format!(
+            "{MINIMAL}[queue]\nmax_age = \"2h\"\nretry_first = 1\n[delivery]\ntimeout = \"10s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.queue.max_age, Duration::from_secs(7200));
+        assert_eq!(c.queue.retry_first, Duration::from_secs(1));
+        assert_eq!(c.outbound.timeout, Duration::from_secs(10));
+        let err = parse(&format!("{MINIMAL}[queue]\nmax_age = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:6: \"soon\" is not a duration"),
             "{err}"
         );
     }

@@ -19,3 +19,4 @@ pub mod policy;
 pub mod queue;
 pub mod ratelimit;
 pub mod server;
+pub mod stream;

@@ -10,8 +10,10 @@ fn main() -> ExitCode {
     // options are Sendmail's, not ours, so they bypass the argument parser.
     let mut args = std::env::args();
     let program = args.next().unwrap_or_default();
-    if program.rsplit('/').next() == Some("sendmail") {
-        return cli::sendmail::run(&args.collect::<Vec<_>>());
+    match program.rsplit('/').next() {
+        Some("sendmail") => return cli::sendmail::run(&args.collect::<Vec<_>>()),
+        Some("mailq") => return report(cli::queue::run(None, cli::QueueAction::List)),
+        _ => {}
     }
     let cli = Cli::parse();
     match cli.command {
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => report(cli::serve::run(config.as_deref())),
         Command::CheckConfig { config } => cli::check_config::run(config.as_deref()),
         Command::User { config, action } => report(cli::user::run(config.as_deref(), action)),
+        Command::Queue { config, action } => report(cli::queue::run(config.as_deref(), action)),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::sink::{Script, Sink};
 use common::{PASSWORD, Server, field};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -39,8 +40,12 @@ fn message(to: &str, subject: &str) -> Message {
 }
 
 #[test]
-fn starttls_and_auth_plain_relay_to_another_domain_is_queued() {
-    let server = Server::start();
+fn starttls_and_auth_plain_relay_to_another_domain_is_relayed() {
+    let sink = Sink::start(Script::default());
+    let server = Server::start_with(&format!(
+        "[delivery.routes]\n\"remote.test\" = \"{}\"\n",
+        sink.addr
+    ));
     let mailer = transport(
         &server,
         "submission",
@@ -62,12 +67,14 @@ fn starttls_and_auth_plain_relay_to_another_domain_is_queued() {
     assert_eq!(field(&accepted, "client").as_deref(), Some("127.0.0.1"));
     assert_eq!(field(&accepted, "nrcpt").as_deref(), Some("1"));
     let queue_id = field(&accepted, "queue_id").unwrap();
-    server
-        .wait_for_log("event=deferred")
-        .expect("remote recipient stays queued");
-    let queued = server.queued();
-    assert_eq!(queued.len(), 1, "the relayed message stays in the spool");
-    assert!(queued[0].to_string_lossy().contains(&queue_id));
+    let relayed = sink.wait_for(1);
+    assert_eq!(relayed.len(), 1, "log:\n{}", server.log_text());
+    assert_eq!(relayed[0].rcpts, ["someone@remote.test"]);
+    assert!(
+        relayed[0]
+            .text()
+            .contains(&format!("with ESMTPSA id {queue_id}"))
+    );
 }
 
 #[test]

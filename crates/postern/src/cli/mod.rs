@@ -1,6 +1,7 @@
 //! The command line: one file per command, each a thin adapter over the library.
 
 pub mod check_config;
+pub mod queue;
 pub mod sendmail;
 pub mod serve;
 pub mod user;
@@ -40,6 +41,13 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Inspect and act on the queue (also `mailq` for `queue list`).
+    Queue {
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Maintain the passwd-file named by auth.passwd_file.
     User {
         #[arg(long, value_name = "FILE", global = true)]
@@ -68,4 +76,16 @@ pub enum UserAction {
     Del { address: String },
     /// List the logins.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// List queued messages with their recipients' state.
+    List,
+    /// Show one message: envelope, origin, per-recipient history, headers.
+    Show { id: String },
+    /// Retry now: one message, or every deferred one.
+    Flush { id: Option<String> },
+    /// Remove a message from the queue (no bounce is sent).
+    Delete { id: String },
 }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::auth::{Credentials, PasswdFile};
 use crate::config::{Config, Source};
 use crate::delivery::dispatcher::{self, Deliverer};
+use crate::delivery::next_hop::SystemResolver;
 use crate::queue::Spool;
 use crate::ratelimit::RateLimiter;
 use crate::server::{self, Context, tls};
@@ -62,8 +63,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let local = match &config.local_submission {
         Some(local) => {
-            let listener = crate::local::socket::bind(&local.socket)
-                .context("cannot create the local submission socket")?;
+            let listener =
+                crate::local::socket::bind(&local.socket, crate::local::socket::SUBMISSION_MODE)
+                    .context("cannot create the local submission socket")?;
             tracing::info!(event = "listening", listener = "local", addr = %local.socket.display(), role = "local");
             Some(listener)
         }
@@ -75,11 +77,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    let control_socket =
+        server::control::bind(&config.data_dir).context("cannot create the control socket")?;
     let credentials: Arc<dyn Credentials> = users.clone();
+    let resolver =
+        SystemResolver::new().context("cannot set up DNS resolution (/etc/resolv.conf)")?;
+    let client_tls =
+        crate::stream::opportunistic_client_config().context("cannot set up outbound TLS")?;
     let deliverer = Arc::new(Deliverer {
         config: config.clone(),
         spool: spool.clone(),
         users: credentials.clone(),
+        resolver: Arc::new(resolver),
+        tls: client_tls,
     });
     let (stop, stopped) = watch::channel(false);
     let (delivery, delivery_task) = dispatcher::start(deliverer, recovered, stopped.clone());
@@ -93,7 +103,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         auth_failures: Default::default(),
     });
     tokio::spawn(signals.handle(stop, users));
-    server::run(ctx, bound, local, stopped, SHUTDOWN_GRACE).await;
+    server::run(ctx, bound, local, control_socket, stopped, SHUTDOWN_GRACE).await;
     if tokio::time::timeout(SHUTDOWN_GRACE, delivery_task)
         .await
         .is_err()

@@ -1,38 +1,96 @@
 //! The dispatcher: takes committed messages from the queue, delivers each pending
-//! recipient, records every outcome durably, and schedules retries.
+//! recipient (local Maildir, or the next hop over SMTP), records every outcome
+//! durably, schedules retries, and queues bounces.
 //!
-//! Recipients at local domains go to their Maildir. Remote recipients stay queued until
-//! outbound delivery exists (the next version); they are kept, never dropped.
+//! Order of durable writes: a recipient is marked delivered only after the Maildir file
+//! or the remote `250` exists; a bounce is committed to the queue before the original
+//! message's state says it was bounced. A crash in between delivers or bounces twice,
+//! never zero times.
 //!
-//! A recipient is marked delivered only after its Maildir file is durable, and that
-//! mark is written before the message leaves the queue: a crash in between delivers
-//! twice, never zero times.
+//! Concurrency: at most `delivery.max_connections` deliveries at once, and at most
+//! `delivery.max_per_destination` to one domain. A message waits for its domain's slot
+//! before it takes a global one, so a dead destination never holds the slots that
+//! other destinations need.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::dsn::{self, DsnAction, RecipientReport};
 use super::maildir;
+use super::next_hop::Resolver;
+use super::smtp_client;
 use crate::auth::Credentials;
 use crate::config::Config;
-use crate::queue::{Envelope, QueueId, Recipient, RecipientStatus, Spool};
+use crate::queue::{Envelope, Origin, QueueId, RecipientStatus, Spool, SpoolError};
 
-/// Messages delivered at the same time.
-const PARALLEL_DELIVERIES: usize = 16;
-/// First retry delay; it doubles per attempt up to `MAX_RETRY_DELAY`.
-const FIRST_RETRY_DELAY: i64 = 60;
-const MAX_RETRY_DELAY: i64 = 3600;
-/// After this long in the queue a recipient that still fails is bounced.
-const MAX_QUEUE_AGE: i64 = 5 * 24 * 3600;
+/// What deliveries need.
+pub struct Deliverer {
+    pub config: Config,
+    pub spool: Spool,
+    pub users: Arc<dyn Credentials>,
+    pub resolver: Arc<dyn Resolver>,
+    /// TLS for outbound STARTTLS.
+    pub tls: Arc<rustls::ClientConfig>,
+}
 
-/// A handle to tell the dispatcher about new messages.
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered {
+        relay: String,
+        reply: String,
+    },
+    Deferred {
+        dsn: String,
+        reply: String,
+        relay: Option<String>,
+    },
+    Bounced {
+        dsn: String,
+        reply: String,
+        relay: Option<String>,
+    },
+}
+
+impl Outcome {
+    pub fn deferred(dsn: &str, reply: impl Into<String>, relay: Option<String>) -> Outcome {
+        Outcome::Deferred {
+            dsn: dsn.to_string(),
+            reply: reply.into(),
+            relay,
+        }
+    }
+
+    pub fn bounced(dsn: &str, reply: impl Into<String>, relay: Option<String>) -> Outcome {
+        Outcome::Bounced {
+            dsn: dsn.to_string(),
+            reply: reply.into(),
+            relay,
+        }
+    }
+}
+
+enum Job {
+    Deliver {
+        id: QueueId,
+        force: bool,
+    },
+    FlushAll,
+    Delete {
+        id: QueueId,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// A handle to the dispatcher task.
 #[derive(Clone)]
 pub struct Dispatcher {
-    tx: mpsc::UnboundedSender<QueueId>,
+    tx: mpsc::UnboundedSender<Job>,
 }
 
 impl Dispatcher {
@@ -40,15 +98,39 @@ impl Dispatcher {
     pub fn notify(&self, id: QueueId) {
         // A closed channel means the server is stopping; the message is on disk and
         // is picked up again at the next start.
-        let _ = self.tx.send(id);
+        let _ = self.tx.send(Job::Deliver { id, force: false });
+    }
+
+    /// Retry now, ignoring the retry schedule: one message, or all.
+    pub fn flush(&self, id: Option<QueueId>) {
+        let _ = self.tx.send(match id {
+            Some(id) => Job::Deliver { id, force: true },
+            None => Job::FlushAll,
+        });
+    }
+
+    /// Removes a message from the queue, unless it is being delivered right now.
+    pub async fn delete(&self, id: QueueId) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(Job::Delete { id, done })
+            .map_err(|_| "the server is stopping".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the server is stopping".to_string())?
     }
 }
 
-/// What deliveries need.
-pub struct Deliverer {
-    pub config: Config,
-    pub spool: Spool,
-    pub users: Arc<dyn Credentials>,
+/// Deferred messages by the time (Unix seconds) to look at them again.
+type Schedule = BTreeMap<i64, Vec<QueueId>>;
+
+struct State {
+    d: Arc<Deliverer>,
+    jobs: mpsc::UnboundedSender<Job>,
+    slots: Semaphore,
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    in_flight: Mutex<HashSet<QueueId>>,
+    schedule: Mutex<Schedule>,
 }
 
 /// Starts the dispatcher task and queues `recovered` (messages found at start).
@@ -63,192 +145,255 @@ pub fn start(
 ) -> (Dispatcher, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     for id in recovered {
-        let _ = tx.send(id);
+        let _ = tx.send(Job::Deliver { id, force: false });
     }
-    let task = tokio::spawn(run(deliverer, rx, stop));
+    let state = Arc::new(State {
+        slots: Semaphore::new(deliverer.config.outbound.max_connections.max(1)),
+        d: deliverer,
+        jobs: tx.clone(),
+        destinations: Mutex::default(),
+        in_flight: Mutex::default(),
+        schedule: Mutex::default(),
+    });
+    let task = tokio::spawn(run(state, rx, stop));
     (Dispatcher { tx }, task)
 }
 
-/// Deferred messages by the time (Unix seconds) to look at them again.
-type Schedule = Arc<Mutex<BTreeMap<i64, Vec<QueueId>>>>;
-
 async fn run(
-    deliverer: Arc<Deliverer>,
-    mut rx: mpsc::UnboundedReceiver<QueueId>,
+    state: Arc<State>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(PARALLEL_DELIVERIES));
-    let in_flight: Arc<Mutex<HashSet<QueueId>>> = Arc::default();
-    let schedule: Schedule = Arc::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let id = tokio::select! {
+        tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break,
-            received = rx.recv() => match received {
-                Some(id) => id,
+            _ = stop_requested(&mut stop) => break,
+            job = rx.recv() => match job {
+                Some(Job::Deliver { id, force }) => spawn_delivery(&state, &mut tasks, id, force),
+                Some(Job::FlushAll) => {
+                    let all = std::mem::take(&mut *lock(&state.schedule));
+                    for id in all.into_values().flatten() {
+                        spawn_delivery(&state, &mut tasks, id, true);
+                    }
+                }
+                Some(Job::Delete { id, done }) => {
+                    let _ = done.send(delete(&state, &id).await);
+                }
                 None => break,
             },
             _ = tick.tick() => {
-                for id in take_due(&schedule, now()) {
-                    spawn_delivery(&deliverer, &limit, &in_flight, &schedule, id);
+                for id in take_due(&state.schedule, now()) {
+                    spawn_delivery(&state, &mut tasks, id, false);
                 }
-                continue;
             }
-        };
-        spawn_delivery(&deliverer, &limit, &in_flight, &schedule, id);
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
     }
-    // Every permit back means no delivery is running any more. Deliveries that were
-    // waiting for a permit go first (the semaphore is fair); the caller bounds the wait.
-    let _ = limit.acquire_many(PARALLEL_DELIVERIES as u32).await;
+    // Let the deliveries in progress finish; the caller bounds the wait.
+    while tasks.join_next().await.is_some() {}
 }
 
-fn take_due(schedule: &Schedule, now: i64) -> Vec<QueueId> {
-    let mut map = schedule.lock().unwrap_or_else(|p| p.into_inner());
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn take_due(schedule: &Mutex<Schedule>, now: i64) -> Vec<QueueId> {
+    let mut map = lock(schedule);
     let later = map.split_off(&(now + 1));
     let due = std::mem::replace(&mut *map, later);
     due.into_values().flatten().collect()
 }
 
-fn spawn_delivery(
-    deliverer: &Arc<Deliverer>,
-    limit: &Arc<Semaphore>,
-    in_flight: &Arc<Mutex<HashSet<QueueId>>>,
-    schedule: &Schedule,
-    id: QueueId,
-) {
-    if !in_flight
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone())
-    {
-        return;
-    }
-    let (deliverer, limit, in_flight, schedule) = (
-        deliverer.clone(),
-        limit.clone(),
-        in_flight.clone(),
-        schedule.clone(),
-    );
-    tokio::spawn(async move {
-        let Ok(_permit) = limit.acquire().await else {
-            return;
-        };
-        match deliver_message(&deliverer, &id).await {
-            Ok(Some(next)) => reschedule(&schedule, next, id.clone()),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(event = "queue_error", queue_id = %id, error = %e);
-                reschedule(&schedule, now() + FIRST_RETRY_DELAY, id.clone());
-            }
-        }
-        in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    });
-}
-
-fn reschedule(schedule: &Schedule, at: i64, id: QueueId) {
-    let mut map = schedule.lock().unwrap_or_else(|p| p.into_inner());
-    map.entry(at).or_default().push(id);
+fn reschedule(state: &State, at: i64, id: QueueId) {
+    lock(&state.schedule).entry(at).or_default().push(id);
 }
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+fn spawn_delivery(
+    state: &Arc<State>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    id: QueueId,
+    force: bool,
+) {
+    if !lock(&state.in_flight).insert(id.clone()) {
+        return;
+    }
+    let state = state.clone();
+    tasks.spawn(async move {
+        match deliver_message(&state, &id, force).await {
+            Ok(Some(next)) => reschedule(&state, next, id.clone()),
+            Ok(None) => {}
+            Err(SpoolError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::error!(event = "queue_error", queue_id = %id, error = %e);
+                let retry = state.d.config.queue.retry_first.as_secs() as i64;
+                reschedule(&state, now() + retry.max(1), id.clone());
+            }
+        }
+        lock(&state.in_flight).remove(&id);
+    });
+}
+
+async fn delete(state: &State, id: &QueueId) -> Result<(), String> {
+    if lock(&state.in_flight).contains(id) {
+        return Err(format!(
+            "{id} is being delivered right now; try again in a moment"
+        ));
+    }
+    if state.d.spool.load(id).is_err() {
+        return Err(format!("{id} is not in the queue"));
+    }
+    for ids in lock(&state.schedule).values_mut() {
+        ids.retain(|x| x != id);
+    }
+    state.d.spool.remove(id).await.map_err(|e| e.to_string())?;
+    tracing::info!(event = "deleted", queue_id = %id);
+    Ok(())
+}
+
 /// Delivers what is due in one message. Returns when to look at it again, if ever.
 async fn deliver_message(
-    d: &Deliverer,
+    state: &State,
     id: &QueueId,
-) -> Result<Option<i64>, crate::queue::SpoolError> {
+    force: bool,
+) -> Result<Option<i64>, SpoolError> {
+    let d = &state.d;
     let mut envelope = d.spool.load(id)?;
     let now = now();
     let due: Vec<usize> = (0..envelope.recipients.len())
         .filter(|&i| {
             let r = &envelope.recipients[i];
-            r.status == RecipientStatus::Pending && r.next_attempt <= now
+            r.status == RecipientStatus::Pending && (force || r.next_attempt <= now)
         })
         .collect();
     if due.is_empty() {
         return Ok(next_attempt(&envelope));
     }
     let message = Arc::new(d.spool.read_message(id)?);
-    let mut changed = false;
-    for i in due {
-        let outcome = deliver_recipient(d, &envelope, &envelope.recipients[i], &message).await;
-        changed |= record(&mut envelope, i, outcome, now);
+    let outcomes = deliver_due(state, &envelope, &due, &message).await;
+    let mut bounces = Vec::new();
+    for (i, outcome) in outcomes {
+        if let Some(report) = record(&d.config, &mut envelope, i, outcome, now) {
+            bounces.push(report);
+        }
+    }
+    if !bounces.is_empty() {
+        notify_sender(state, &envelope, &message, &bounces).await?;
+    }
+    if let Some(delayed) = delay_warning_due(&d.config, &envelope, now) {
+        notify_sender(state, &envelope, &message, &delayed).await?;
+        envelope.delay_warned = true;
     }
     if envelope.is_done() {
         d.spool.remove(id).await?;
         return Ok(None);
     }
-    if changed {
-        d.spool.update(&envelope).await?;
-    }
+    d.spool.update(&envelope).await?;
     Ok(next_attempt(&envelope))
 }
 
-/// The earliest retry among pending local recipients.
+/// Delivers the due recipients: local ones one by one, remote ones grouped by domain
+/// (one transaction for all recipients of a domain).
+async fn deliver_due(
+    state: &State,
+    envelope: &Envelope,
+    due: &[usize],
+    message: &Arc<Vec<u8>>,
+) -> Vec<(usize, Outcome)> {
+    let d = &state.d;
+    let mut outcomes = Vec::new();
+    let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for &i in due {
+        let address = &envelope.recipients[i].address;
+        let domain = domain_of(address).to_lowercase();
+        if d.config.is_local_domain(&domain) {
+            let _slot = state.slots.acquire().await;
+            outcomes.push((i, deliver_local(d, envelope, address, message).await));
+        } else {
+            remote.entry(domain).or_default().push(i);
+        }
+    }
+    for (domain, indexes) in remote {
+        let destination = destination_slots(state, &domain);
+        let _destination_slot = destination.acquire().await;
+        let _slot = state.slots.acquire().await;
+        let rcpts: Vec<String> = indexes
+            .iter()
+            .map(|&i| envelope.recipients[i].address.clone())
+            .collect();
+        let results =
+            smtp_client::deliver_domain(d, &envelope.from, &domain, &rcpts, message).await;
+        outcomes.extend(indexes.into_iter().zip(results));
+    }
+    outcomes
+}
+
+fn destination_slots(state: &State, domain: &str) -> Arc<Semaphore> {
+    let per = state.d.config.outbound.max_per_destination.max(1);
+    lock(&state.destinations)
+        .entry(domain.to_string())
+        .or_insert_with(|| Arc::new(Semaphore::new(per)))
+        .clone()
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+/// The earliest retry among pending recipients.
 fn next_attempt(envelope: &Envelope) -> Option<i64> {
     envelope
         .recipients
         .iter()
-        .filter(|r| r.status == RecipientStatus::Pending && r.next_attempt < i64::MAX)
+        .filter(|r| r.status == RecipientStatus::Pending)
         .map(|r| r.next_attempt)
         .min()
 }
 
-enum Outcome {
-    Delivered {
-        relay: String,
-    },
-    Deferred {
-        dsn: &'static str,
-        reply: String,
-    },
-    Bounced {
-        dsn: &'static str,
-        reply: String,
-    },
-    /// Remote recipient: kept until outbound delivery is available.
-    AwaitingOutbound,
+/// Local outcomes name the Maildir as their relay in logs.
+fn maildir_relay() -> Option<String> {
+    Some("maildir".to_string())
 }
 
-async fn deliver_recipient(
+async fn deliver_local(
     d: &Deliverer,
     envelope: &Envelope,
-    rcpt: &Recipient,
+    address: &str,
     message: &Arc<Vec<u8>>,
 ) -> Outcome {
-    let domain = rcpt.address.rsplit_once('@').map_or("", |(_, d)| d);
-    if !d.config.is_local_domain(domain) {
-        return Outcome::AwaitingOutbound;
-    }
-    let account = match d.users.lookup(&rcpt.address) {
+    let account = match d.users.lookup(address) {
         Ok(Some(account)) => account,
         Ok(None) => {
-            return Outcome::Bounced {
-                dsn: "5.1.1",
-                reply: "mailbox does not exist (any more)".into(),
-            };
+            return Outcome::bounced(
+                "5.1.1",
+                "the mailbox does not exist (any more)",
+                maildir_relay(),
+            );
         }
         Err(e) => {
-            return Outcome::Deferred {
-                dsn: "4.3.0",
-                reply: format!("user database unavailable: {e}"),
-            };
+            return Outcome::deferred(
+                "4.3.0",
+                format!("user database unavailable: {e}"),
+                maildir_relay(),
+            );
         }
     };
     let path = match maildir::expand_template(&d.config.maildir, &account.login) {
         Ok(p) => p,
-        Err(e) => {
-            return Outcome::Deferred {
-                dsn: "4.3.5",
-                reply: e.to_string(),
-            };
+        Err(e) if e.is_temporary() => {
+            return Outcome::deferred("4.3.5", e.to_string(), maildir_relay());
         }
+        Err(e) => return Outcome::bounced("5.1.3", e.to_string(), maildir_relay()),
     };
     let prefix = format!(
         "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
@@ -270,68 +415,151 @@ async fn write_maildir(
     match written {
         Ok(Ok(_)) => Outcome::Delivered {
             relay: "maildir".into(),
+            reply: "delivered".into(),
         },
-        Ok(Err(e)) if e.is_temporary() => Outcome::Deferred {
-            dsn: "4.3.0",
-            reply: e.to_string(),
-        },
-        Ok(Err(e)) => Outcome::Bounced {
-            dsn: "5.3.0",
-            reply: e.to_string(),
-        },
-        Err(e) => Outcome::Deferred {
-            dsn: "4.3.0",
-            reply: format!("delivery task failed: {e}"),
-        },
+        Ok(Err(e)) if e.is_temporary() => {
+            Outcome::deferred("4.3.0", e.to_string(), maildir_relay())
+        }
+        Ok(Err(e)) => Outcome::bounced("5.3.0", e.to_string(), maildir_relay()),
+        Err(e) => Outcome::deferred(
+            "4.3.0",
+            format!("delivery task failed: {e}"),
+            maildir_relay(),
+        ),
     }
 }
 
-/// Applies an outcome to recipient `i` and logs it. Returns whether the envelope changed.
-fn record(envelope: &mut Envelope, i: usize, outcome: Outcome, now: i64) -> bool {
+/// Applies an outcome to recipient `i` and logs it. Returns a report when the
+/// recipient bounced, for the notification to the sender.
+fn record(
+    config: &Config,
+    envelope: &mut Envelope,
+    i: usize,
+    outcome: Outcome,
+    now: i64,
+) -> Option<RecipientReport> {
     let queue_id = envelope.queue_id.clone();
-    let received_at = envelope.received_at;
+    let expired = now - envelope.received_at >= config.queue.max_age.as_secs() as i64;
     let rcpt = &mut envelope.recipients[i];
-    match outcome {
-        Outcome::Delivered { relay } => {
+    rcpt.attempts += 1;
+    let (dsn, reply, relay) = match outcome {
+        Outcome::Delivered { relay, reply } => {
             rcpt.status = RecipientStatus::Delivered;
-            tracing::info!(event = "delivered", queue_id = %queue_id, rcpt = %rcpt.address, relay = %relay, dsn = "2.0.0", reply = "delivered");
+            tracing::info!(event = "delivered", queue_id = %queue_id, rcpt = %rcpt.address, relay = %relay, dsn = "2.0.0", reply = %reply);
+            return None;
         }
-        Outcome::Deferred { dsn, reply } if now - received_at < MAX_QUEUE_AGE => {
-            rcpt.attempts += 1;
-            rcpt.next_attempt = now + retry_delay(rcpt.attempts);
-            tracing::info!(event = "deferred", queue_id = %queue_id, rcpt = %rcpt.address, relay = "maildir", dsn, reply = %reply);
+        Outcome::Deferred { dsn, reply, relay } if !expired => {
+            rcpt.next_attempt = now + retry_delay(config, rcpt.attempts);
+            tracing::info!(event = "deferred", queue_id = %queue_id, rcpt = %rcpt.address, relay = relay.as_deref().unwrap_or("none"), dsn = %dsn, reply = %reply);
             rcpt.last_error = Some(reply);
+            rcpt.last_relay = relay;
+            return None;
         }
-        Outcome::Deferred { reply, .. } => bounce(rcpt, &queue_id, "5.4.7", reply),
-        Outcome::Bounced { dsn, reply } => bounce(rcpt, &queue_id, dsn, reply),
-        Outcome::AwaitingOutbound => {
-            if rcpt.next_attempt == i64::MAX {
-                return false;
-            }
-            rcpt.next_attempt = i64::MAX;
-            rcpt.last_error = Some(
-                "remote delivery is not available in this version; the message stays queued".into(),
-            );
-            tracing::info!(event = "deferred", queue_id = %queue_id, rcpt = %rcpt.address, relay = "none", dsn = "4.4.0", reply = "remote delivery is not available in this version; the message stays queued");
-        }
-    }
-    true
-}
-
-/// Gives up on a recipient. (The bounce message to the sender comes with outbound
-/// delivery; until then the log line is the record.)
-fn bounce(rcpt: &mut Recipient, queue_id: &QueueId, dsn: &str, reply: String) {
+        // Still failing after the maximum queue lifetime: give up (RFC 3463 4.4.7).
+        Outcome::Deferred { reply, relay, .. } => (
+            "5.4.7".to_string(),
+            format!("delivery time expired; last error: {reply}"),
+            relay,
+        ),
+        Outcome::Bounced { dsn, reply, relay } => (dsn, reply, relay),
+    };
     rcpt.status = RecipientStatus::Bounced;
-    tracing::info!(event = "bounced", queue_id = %queue_id, rcpt = %rcpt.address, relay = "maildir", dsn, reply = %reply);
-    rcpt.last_error = Some(reply);
+    tracing::info!(event = "bounced", queue_id = %queue_id, rcpt = %rcpt.address, relay = relay.as_deref().unwrap_or("none"), dsn = %dsn, reply = %reply);
+    rcpt.last_error = Some(reply.clone());
+    rcpt.last_relay = relay.clone();
+    Some(RecipientReport {
+        address: rcpt.address.clone(),
+        action: DsnAction::Failed,
+        status: dsn,
+        remote_mta: relay,
+        diagnostic: Some(reply),
+        last_attempt: chrono::DateTime::from_timestamp(now, 0),
+        will_retry_until: None,
+    })
 }
 
-/// 1, 2, 4, … minutes, at most an hour, plus up to 10 % jitter so that retries after
-/// an outage do not all come at once.
-fn retry_delay(attempts: u32) -> i64 {
-    let base = FIRST_RETRY_DELAY
-        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
-        .min(MAX_RETRY_DELAY);
+/// The "still trying" notice, once, when the message has waited `delay_warning`.
+fn delay_warning_due(
+    config: &Config,
+    envelope: &Envelope,
+    now: i64,
+) -> Option<Vec<RecipientReport>> {
+    let after = config.queue.delay_warning.as_secs() as i64;
+    if after == 0 || envelope.delay_warned || now - envelope.received_at < after {
+        return None;
+    }
+    let until = chrono::DateTime::from_timestamp(
+        envelope.received_at + config.queue.max_age.as_secs() as i64,
+        0,
+    );
+    let pending: Vec<RecipientReport> = envelope
+        .recipients
+        .iter()
+        .filter(|r| r.status == RecipientStatus::Pending)
+        .map(|r| RecipientReport {
+            address: r.address.clone(),
+            action: DsnAction::Delayed,
+            status: "4.4.7".to_string(),
+            remote_mta: r.last_relay.clone(),
+            diagnostic: r.last_error.clone(),
+            last_attempt: chrono::DateTime::from_timestamp(now, 0),
+            will_retry_until: until,
+        })
+        .collect();
+    (!pending.is_empty()).then_some(pending)
+}
+
+/// Queues a delivery status notification to the sender, never for the null sender
+/// (that would let two servers bounce bounces at each other forever).
+async fn notify_sender(
+    state: &State,
+    envelope: &Envelope,
+    message: &[u8],
+    reports: &[RecipientReport],
+) -> Result<(), SpoolError> {
+    if envelope.from.is_empty() {
+        return Ok(());
+    }
+    let d = &state.d;
+    let now = chrono::Utc::now();
+    let notification = dsn::build(&dsn::Notification {
+        hostname: &d.config.hostname,
+        queue_id: envelope.queue_id.as_str(),
+        original_sender: &envelope.from,
+        arrival: chrono::DateTime::from_timestamp(envelope.received_at, 0).unwrap_or(now),
+        recipients: reports,
+        original: message,
+        now,
+    });
+    let queue_id = QueueId::generate();
+    let size = notification.len() as u64;
+    let bounce = Envelope::new(
+        queue_id.clone(),
+        String::new(),
+        vec![envelope.from.clone()],
+        Origin::Notification {
+            about: envelope.queue_id.clone(),
+        },
+        size,
+        now.timestamp(),
+    );
+    d.spool.commit(&bounce, vec![notification]).await?;
+    tracing::info!(event = "notification_queued", queue_id = %queue_id, about = %envelope.queue_id, to = %envelope.from, kind = match reports.first().map(|r| r.action) { Some(DsnAction::Delayed) => "delayed", _ => "bounce" });
+    let _ = state.jobs.send(Job::Deliver {
+        id: queue_id,
+        force: false,
+    });
+    Ok(())
+}
+
+/// `retry_first`, doubling per attempt up to `retry_max`, plus up to 10 % jitter so
+/// that retries after an outage do not all come at once.
+fn retry_delay(config: &Config, attempts: u32) -> i64 {
+    let first = config.queue.retry_first.as_secs().max(1) as i64;
+    let max = (config.queue.retry_max.as_secs() as i64).max(first);
+    let base = first
+        .saturating_mul(1 << attempts.saturating_sub(1).min(20))
+        .min(max);
     base + rand::random_range(0..=base / 10)
 }
 
@@ -341,8 +569,50 @@ mod tests {
 
     #[test]
     fn retry_delay_grows_and_is_capped() {
-        assert!((60..=66).contains(&retry_delay(1)));
-        assert!((120..=132).contains(&retry_delay(2)));
-        assert!((3600..=3960).contains(&retry_delay(30)));
+        let config = Config::development_defaults();
+        assert!((300..=330).contains(&retry_delay(&config, 1)));
+        assert!((600..=660).contains(&retry_delay(&config, 2)));
+        assert!((3600..=3960).contains(&retry_delay(&config, 30)));
+    }
+
+    #[test]
+    fn expired_deferrals_bounce_and_report() {
+        let config = Config::development_defaults();
+        let mut envelope = Envelope::new(
+            QueueId::generate(),
+            "a@example.com".into(),
+            vec!["b@remote.test".into()],
+            Origin::Local {
+                uid: 0,
+                user: "root".into(),
+            },
+            10,
+            0,
+        );
+        let far_future = config.queue.max_age.as_secs() as i64 + 1;
+        let report = record(
+            &config,
+            &mut envelope,
+            0,
+            Outcome::deferred("4.4.1", "no answer", None),
+            far_future,
+        )
+        .unwrap();
+        assert_eq!(report.status, "5.4.7");
+        assert_eq!(envelope.recipients[0].status, RecipientStatus::Bounced);
+        let mut fresh = envelope.clone();
+        fresh.recipients[0].status = RecipientStatus::Pending;
+        fresh.received_at = far_future;
+        assert!(
+            record(
+                &config,
+                &mut fresh,
+                0,
+                Outcome::deferred("4.4.1", "no answer", None),
+                far_future
+            )
+            .is_none()
+        );
+        assert!(fresh.recipients[0].next_attempt > far_future);
     }
 }

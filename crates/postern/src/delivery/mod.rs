@@ -4,4 +4,7 @@
 //! It must not accept mail or decide policy: what reaches it was already accepted.
 
 pub mod dispatcher;
+pub mod dsn;
 pub mod maildir;
+pub mod next_hop;
+pub mod smtp_client;

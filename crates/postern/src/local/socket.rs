@@ -24,6 +24,9 @@ use crate::server::Context;
 /// The whole submission (request and message) must arrive within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Every local user may submit mail.
+pub const SUBMISSION_MODE: u32 = 0o666;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error("{path}: another postern server is already listening there")]
@@ -36,9 +39,9 @@ pub enum SocketError {
     Io { path: PathBuf, source: io::Error },
 }
 
-/// Creates the socket, replacing a stale one left by a server that died, but never a
-/// live one or a file that is not a socket.
-pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+/// Creates the socket with `mode`, replacing a stale one left by a server that died,
+/// but never a live one or a file that is not a socket.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
     let io_err = |source| SocketError::Io {
         path: path.to_path_buf(),
         source,
@@ -64,7 +67,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
         Err(e) => return Err(io_err(e)),
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
     Ok(listener)
 }
 
@@ -184,17 +187,20 @@ mod tests {
     async fn stale_socket_is_replaced_live_one_and_regular_file_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/submit.sock");
-        let first = bind(&path).unwrap();
+        let first = bind(&path, 0o666).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666);
-        assert!(matches!(bind(&path), Err(SocketError::InUse { .. })));
+        assert!(matches!(bind(&path, 0o666), Err(SocketError::InUse { .. })));
         drop(first);
         // The file stays behind after the listener is gone: stale, so replaced.
         assert!(path.exists());
-        bind(&path).unwrap();
+        bind(&path, 0o666).unwrap();
         let file = dir.path().join("plain");
         std::fs::write(&file, b"x").unwrap();
-        assert!(matches!(bind(&file), Err(SocketError::NotASocket { .. })));
+        assert!(matches!(
+            bind(&file, 0o666),
+            Err(SocketError::NotASocket { .. })
+        ));
         assert!(file.exists());
     }
 }

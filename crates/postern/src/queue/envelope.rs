@@ -21,6 +21,9 @@ pub struct Envelope {
     /// Size of the message file in bytes.
     pub size: u64,
     pub origin: Origin,
+    /// The sender has been told that delivery is delayed (sent once).
+    #[serde(default)]
+    pub delay_warned: bool,
 }
 
 /// Where a message entered the queue: needed for `Received:` headers, logs and abuse
@@ -37,6 +40,8 @@ pub enum Origin {
     },
     /// Through the local submission socket; the UID comes from the kernel.
     Local { uid: u32, user: String },
+    /// Made by postern itself: a delivery status notification about another message.
+    Notification { about: QueueId },
 }
 
 /// One recipient and its delivery state.
@@ -50,6 +55,9 @@ pub struct Recipient {
     pub next_attempt: i64,
     /// The last temporary or permanent error, for `postern queue` and bounces.
     pub last_error: Option<String>,
+    /// The server that gave `last_error` (`host:port`), when there was one.
+    #[serde(default)]
+    pub last_relay: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +87,7 @@ impl Envelope {
             received_at,
             size,
             origin,
+            delay_warned: false,
         }
     }
 
@@ -98,6 +107,7 @@ impl Recipient {
             attempts: 0,
             next_attempt: 0,
             last_error: None,
+            last_relay: None,
         }
     }
 }

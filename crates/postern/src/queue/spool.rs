@@ -158,6 +158,13 @@ impl Spool {
         self.inner.recover()
     }
 
+    /// Every committed queue ID, oldest first, changing nothing: safe while the server
+    /// runs (for `postern queue list`).
+    pub fn list(&self) -> Result<Vec<QueueId>, SpoolError> {
+        let scan = self.inner.scan()?;
+        Ok(scan.envelopes.into_iter().collect())
+    }
+
     /// The queue directory, `<data_dir>/queue`.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

@@ -20,7 +20,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::Context;
-use super::tls::Stream;
 use crate::auth::Verification;
 use crate::config::{Listener, Role};
 use crate::facts;
@@ -29,6 +28,7 @@ use crate::local::attribution::{UnixUser, loopback_owner};
 use crate::policy::{self, Verdict};
 use crate::queue::{Envelope, Origin, QueueId};
 use crate::ratelimit::RateKey;
+use crate::stream::Stream;
 
 /// A TLS handshake that takes longer is a stalled or hostile client.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -9,6 +9,7 @@
 //! passwords are accepted only inside TLS; every refusal is logged with the client IP.
 
 pub mod connection;
+pub mod control;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -85,9 +86,15 @@ pub async fn run(
     ctx: Arc<Context>,
     bound: Vec<Bound>,
     local: Option<UnixListener>,
+    control_socket: UnixListener,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
+    tokio::spawn(control::serve(
+        ctx.clone(),
+        control_socket,
+        shutdown.clone(),
+    ));
     // Each connection task holds a sender; when all are dropped, all have ended.
     let (alive, mut all_ended) = mpsc::channel::<()>(1);
     for b in bound {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod sink;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,13 +22,24 @@ pub const USERS: [&str; 2] = ["alice@example.com", "bob@example.com"];
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What differs between test servers.
+#[derive(Default)]
+pub struct Setup {
+    /// The local domain (default `example.com`); users alice@ and bob@ it.
+    pub domain: Option<String>,
+    /// Lines inside `[delivery]`, e.g. `relay_host = "…"`.
+    pub delivery: String,
+    /// More TOML after the standard configuration (other tables).
+    pub extra: String,
+}
+
 pub struct Server {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     addrs: HashMap<String, SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     new_line: Arc<Mutex<Option<mpsc::Sender<()>>>>,
-    extra_config: String,
+    setup: Setup,
 }
 
 impl Server {
@@ -36,6 +49,17 @@ impl Server {
 
     /// Starts a server whose config is the standard one plus `extra` TOML.
     pub fn start_with(extra: &str) -> Server {
+        Server::start_setup(Setup {
+            extra: extra.to_string(),
+            ..Setup::default()
+        })
+    }
+
+    pub fn domain(&self) -> &str {
+        self.setup.domain.as_deref().unwrap_or("example.com")
+    }
+
+    pub fn start_setup(setup: Setup) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         // Unprivileged test users must reach the config and the submission socket.
         use std::os::unix::fs::PermissionsExt as _;
@@ -46,11 +70,12 @@ impl Server {
             addrs: HashMap::new(),
             log: Arc::default(),
             new_line: Arc::default(),
-            extra_config: extra.to_string(),
+            setup,
         };
         server.write_config();
         for user in USERS {
-            server.add_user(user, PASSWORD);
+            let local = user.split('@').next().unwrap_or(user);
+            server.add_user(&format!("{local}@{}", server.domain()), PASSWORD);
         }
         server.spawn();
         server
@@ -69,7 +94,7 @@ impl Server {
         let config = format!(
             r#"hostname = "mail.example.com"
 data_dir = "{d}/data"
-local_domains = ["example.com"]
+local_domains = ["{domain}"]
 
 [[listener]]
 name = "mx"
@@ -91,12 +116,15 @@ passwd_file = "{d}/passwd"
 
 [delivery]
 maildir = "{d}/mail/%d/%n/Maildir"
+{delivery}
 
 [local_submission]
 socket = "{d}/run/submit.sock"
-{}
+{extra}
 "#,
-            self.extra_config
+            domain = self.domain(),
+            delivery = self.setup.delivery,
+            extra = self.setup.extra,
         );
         std::fs::write(self.config_path(), config).expect("write config");
     }

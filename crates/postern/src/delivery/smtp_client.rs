@@ -1,0 +1,272 @@
+//! Outbound SMTP: takes one message to the recipients of one domain, over the next
+//! hops that `next_hop` finds, driving the sans-IO client of `postern-proto`.
+//!
+//! Every recipient gets an [`Outcome`]: delivered, deferred (try again later) or
+//! bounced (permanent). Connection problems try the next hop, and when no hop
+//! answers, the recipients are deferred.
+//!
+//! # Security
+//!
+//! Talks to servers on the Internet: every read has a timeout, replies are parsed by
+//! the bounded protocol core, and STARTTLS is opportunistic (see `stream.rs`).
+
+use std::time::Duration;
+
+use postern_proto::client::{
+    self, ClientAction, ClientConfig, Failure, ServerReply, TransactionOutcome,
+};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::dispatcher::{Deliverer, Outcome};
+use super::next_hop::{self, Routing, Target};
+use crate::stream::Stream;
+
+/// Delivers `message` to `rcpts` (all at `domain`). One outcome per recipient, in order.
+pub async fn deliver_domain(
+    d: &Deliverer,
+    from: &str,
+    domain: &str,
+    rcpts: &[String],
+    message: &[u8],
+) -> Vec<Outcome> {
+    let routing = Routing {
+        routes: d.config.routes.clone(),
+        relay_host: d.config.relay_host.clone(),
+    };
+    let targets = match next_hop::resolve(&routing, d.resolver.as_ref(), domain).await {
+        Ok(targets) => targets,
+        Err(e) => {
+            let outcome = if e.is_permanent() {
+                Outcome::bounced(e.dsn(), e.to_string(), None)
+            } else {
+                Outcome::deferred(e.dsn(), e.to_string(), None)
+            };
+            return vec![outcome; rcpts.len()];
+        }
+    };
+    let envelope = client::Envelope {
+        from: from.to_string(),
+        rcpts: rcpts.to_vec(),
+        size: message.len() as u64,
+        eight_bit: !message.is_ascii(),
+        smtputf8: !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()),
+    };
+    let mut last = (
+        String::from("4.4.1"),
+        String::from("no next hop answered"),
+        None,
+    );
+    for target in &targets {
+        let relay = target_label(target);
+        match attempt(d, target, &envelope, message, true).await {
+            Ok(outcomes) => return outcomes,
+            Err(AttemptError::Tls(e)) if d.config.outbound.plaintext_fallback => {
+                tracing::info!(event = "tls_failed", relay = %relay, error = %e, msg = "retrying without TLS");
+                match attempt(d, target, &envelope, message, false).await {
+                    Ok(outcomes) => return outcomes,
+                    Err(e) => last = (e.dsn().to_string(), e.to_string(), Some(relay)),
+                }
+            }
+            Err(e) => last = (e.dsn().to_string(), e.to_string(), Some(relay)),
+        }
+    }
+    let (dsn, reply, relay) = last;
+    vec![Outcome::deferred(&dsn, reply, relay); rcpts.len()]
+}
+
+fn target_label(target: &Target) -> String {
+    target.addr.to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("connection lost: {0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Session(String),
+}
+
+impl AttemptError {
+    /// RFC 3463: 4.4.1 no answer, 4.4.2 bad connection, 4.7.0 TLS, else the reply's.
+    fn dsn(&self) -> &'static str {
+        match self {
+            AttemptError::Connect(_) | AttemptError::Timeout(_) => "4.4.1",
+            AttemptError::Tls(_) => "4.7.5",
+            AttemptError::Io(_) | AttemptError::Session(_) => "4.4.2",
+        }
+    }
+}
+
+/// One connection to one target: greeting, EHLO, STARTTLS if offered and `use_tls`,
+/// the transaction, QUIT.
+async fn attempt(
+    d: &Deliverer,
+    target: &Target,
+    envelope: &client::Envelope,
+    message: &[u8],
+    use_tls: bool,
+) -> Result<Vec<Outcome>, AttemptError> {
+    let outbound = &d.config.outbound;
+    let tcp = tokio::time::timeout(outbound.connect_timeout, TcpStream::connect(target.addr))
+        .await
+        .map_err(|_| AttemptError::Timeout("connecting"))?
+        .map_err(AttemptError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let mut conn = Outbound {
+        stream: Some(Stream::Plain(tcp)),
+        client: client::Client::new(ClientConfig {
+            helo_name: d.config.hostname.clone(),
+            starttls: use_tls,
+        }),
+        timeout: outbound.timeout,
+        relay: target_label(target),
+    };
+    conn.run(d, target, envelope, message).await
+}
+
+struct Outbound {
+    stream: Option<Stream>,
+    client: client::Client,
+    timeout: Duration,
+    relay: String,
+}
+
+impl Outbound {
+    async fn run(
+        &mut self,
+        d: &Deliverer,
+        target: &Target,
+        envelope: &client::Envelope,
+        message: &[u8],
+    ) -> Result<Vec<Outcome>, AttemptError> {
+        let mut results: Option<Vec<Outcome>> = None;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            while let Some(action) = self.client.poll_action() {
+                match action {
+                    ClientAction::Send(bytes) => self.write(&bytes).await?,
+                    ClientAction::StartTls => self.start_tls(d, target).await?,
+                    ClientAction::Ready(_) if results.is_none() => {
+                        if let Err(failure) = self.client.send(envelope, message) {
+                            results = Some(self.refused(failure, envelope.rcpts.len()));
+                            self.client.quit();
+                        }
+                    }
+                    ClientAction::Ready(_) => self.client.quit(),
+                    ClientAction::Delivered(outcome) => {
+                        results = Some(self.outcomes(&outcome, envelope.rcpts.len()));
+                        self.client.quit();
+                    }
+                    ClientAction::Failed(failure) => {
+                        return results.ok_or_else(|| AttemptError::Session(describe(&failure)));
+                    }
+                    ClientAction::Closed => {
+                        return results.ok_or(AttemptError::Session("closed".into()));
+                    }
+                }
+            }
+            let n = self.read(&mut buf).await;
+            match n {
+                Ok(0) | Err(_) if results.is_some() => {
+                    return results.ok_or(AttemptError::Session("closed".into()));
+                }
+                Ok(0) => {
+                    return Err(AttemptError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(n) => self.client.handle_bytes(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), AttemptError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(AttemptError::Session("no connection".into()));
+        };
+        let write = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        tokio::time::timeout(self.timeout, write)
+            .await
+            .map_err(|_| AttemptError::Timeout("sending"))?
+            .map_err(AttemptError::Io)
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, AttemptError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(AttemptError::Session("no connection".into()));
+        };
+        tokio::time::timeout(self.timeout, stream.read(buf))
+            .await
+            .map_err(|_| AttemptError::Timeout("waiting for the server"))?
+            .map_err(AttemptError::Io)
+    }
+
+    async fn start_tls(&mut self, d: &Deliverer, target: &Target) -> Result<(), AttemptError> {
+        let stream = self
+            .stream
+            .take()
+            .ok_or_else(|| AttemptError::Session("no connection".into()))?;
+        let name = ServerName::try_from(target.host.clone())
+            .unwrap_or_else(|_| ServerName::IpAddress(target.addr.ip().into()));
+        let connector = TlsConnector::from(d.tls.clone());
+        let upgraded = tokio::time::timeout(self.timeout, stream.connect_tls(&connector, name))
+            .await
+            .map_err(|_| AttemptError::Tls(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(AttemptError::Tls)?;
+        self.stream = Some(upgraded);
+        self.client.handle_tls_established();
+        Ok(())
+    }
+
+    fn outcomes(&self, outcome: &TransactionOutcome, count: usize) -> Vec<Outcome> {
+        (0..count)
+            .map(|i| outcome_of(outcome.outcome_for(i), &self.relay))
+            .collect()
+    }
+
+    /// Refused before sending: the server cannot take this message at all.
+    fn refused(&self, failure: Failure, count: usize) -> Vec<Outcome> {
+        let (dsn, text) = match &failure {
+            Failure::Refused(why) if why.contains("SIZE") => ("5.3.4", why.clone()),
+            Failure::Refused(why) if why.contains("SMTPUTF8") => ("5.6.7", why.clone()),
+            Failure::Refused(why) => ("5.6.3", why.clone()),
+            other => ("5.0.0", describe(other)),
+        };
+        vec![Outcome::bounced(dsn, text, Some(self.relay.clone())); count]
+    }
+}
+
+fn outcome_of(reply: &ServerReply, relay: &str) -> Outcome {
+    let text = reply.to_string();
+    let dsn = reply.enhanced.map(|e| e.to_string());
+    if reply.is_positive() {
+        return Outcome::Delivered {
+            relay: relay.to_string(),
+            reply: text,
+        };
+    }
+    let relay = Some(relay.to_string());
+    if reply.is_transient() {
+        Outcome::deferred(dsn.as_deref().unwrap_or("4.0.0"), text, relay)
+    } else {
+        Outcome::bounced(dsn.as_deref().unwrap_or("5.0.0"), text, relay)
+    }
+}
+
+fn describe(failure: &Failure) -> String {
+    match failure {
+        Failure::Reply(reply) => reply.to_string(),
+        Failure::Protocol(why) | Failure::Refused(why) => why.clone(),
+    }
+}

@@ -1,0 +1,196 @@
+//! A scripted SMTP server on loopback, standing in for remote mail servers: it records
+//! what it receives and answers as each test tells it to.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One message as the sink received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    /// Recipients the sink accepted.
+    pub rcpts: Vec<String>,
+    /// The message after dot-unstuffing, CRLF line ends.
+    pub data: Vec<u8>,
+}
+
+impl Received {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+type RcptRule = Box<dyn Fn(&str) -> String + Send + Sync>;
+
+pub struct Script {
+    /// Accept connections but never say anything.
+    pub silent: bool,
+    pub extensions: Vec<String>,
+    /// The reply to each RCPT, by address.
+    pub rcpt: RcptRule,
+    /// Replies after the final dot, used in turn; then "250 2.0.0 Ok".
+    pub data_replies: VecDeque<String>,
+}
+
+impl Default for Script {
+    fn default() -> Script {
+        Script {
+            silent: false,
+            extensions: vec![
+                "PIPELINING".into(),
+                "8BITMIME".into(),
+                "SIZE 50000000".into(),
+                "ENHANCEDSTATUSCODES".into(),
+            ],
+            rcpt: Box::new(|_| "250 2.1.5 Ok".into()),
+            data_replies: VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Sink {
+    pub fn start(script: Script) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let sink = Sink {
+            addr: listener.local_addr().expect("sink addr"),
+            received: Arc::default(),
+            script: Arc::new(Mutex::new(script)),
+        };
+        let accepting = sink.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let conn = accepting.clone();
+                std::thread::spawn(move || conn.serve(stream));
+            }
+        });
+        sink
+    }
+
+    /// Changes how the sink answers from now on.
+    pub fn script(&self, change: impl FnOnce(&mut Script)) {
+        change(&mut self.script.lock().unwrap());
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` messages arrived (or 20 s passed).
+    pub fn wait_for(&self, count: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.received();
+            if got.len() >= count || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn serve(&self, stream: TcpStream) {
+        if self.script.lock().unwrap().silent {
+            std::thread::sleep(Duration::from_secs(60));
+            return;
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut writer = match stream.try_clone() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        let mut reader = BufReader::new(stream);
+        let mut say = |text: &str| writer.write_all(format!("{text}\r\n").as_bytes()).is_ok();
+        say("220 sink.test ESMTP");
+        let (mut from, mut rcpts) = (String::new(), Vec::new());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let cmd = line.trim_end().to_string();
+            let upper = cmd.to_ascii_uppercase();
+            if upper.starts_with("EHLO") {
+                let ext = self.script.lock().unwrap().extensions.clone();
+                let mut lines = vec!["sink.test".to_string()];
+                lines.extend(ext);
+                for (i, l) in lines.iter().enumerate() {
+                    let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+                    say(&format!("250{sep}{l}"));
+                }
+            } else if upper.starts_with("HELO")
+                || upper.starts_with("RSET")
+                || upper.starts_with("NOOP")
+            {
+                from.clear();
+                rcpts.clear();
+                say("250 2.0.0 Ok");
+            } else if upper.starts_with("MAIL FROM:") {
+                from = address(&cmd);
+                rcpts.clear();
+                say("250 2.1.0 Ok");
+            } else if upper.starts_with("RCPT TO:") {
+                let to = address(&cmd);
+                let reply = (self.script.lock().unwrap().rcpt)(&to);
+                if reply.starts_with('2') {
+                    rcpts.push(to);
+                }
+                say(&reply);
+            } else if upper.starts_with("DATA") {
+                if rcpts.is_empty() {
+                    say("554 5.5.1 No valid recipients");
+                    continue;
+                }
+                say("354 go ahead");
+                let Some(data) = read_data(&mut reader) else {
+                    return;
+                };
+                let reply = self.script.lock().unwrap().data_replies.pop_front();
+                let reply = reply.unwrap_or_else(|| "250 2.0.0 Ok: queued".into());
+                if reply.starts_with('2') {
+                    self.received.lock().unwrap().push(Received {
+                        from: from.clone(),
+                        rcpts: rcpts.clone(),
+                        data,
+                    });
+                }
+                say(&reply);
+            } else if upper.starts_with("QUIT") {
+                say("221 2.0.0 Bye");
+                return;
+            } else {
+                say("502 5.5.1 Not implemented");
+            }
+        }
+    }
+}
+
+fn address(cmd: &str) -> String {
+    let start = cmd.find('<').map_or(0, |i| i + 1);
+    let end = cmd[start..].find('>').map_or(cmd.len(), |i| start + i);
+    cmd[start..end].to_string()
+}
+
+fn read_data(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            return None;
+        }
+        if line == b".\r\n" {
+            return Some(data);
+        }
+        let unstuffed = line.strip_prefix(b".").unwrap_or(&line);
+        data.extend_from_slice(unstuffed);
+    }
+}
