@@ -375,3 +375,27 @@ fn queue_commands_list_flush_and_delete_on_the_running_server() {
     let out = server.cli(&["queue", "list"], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Mail queue is empty"));
 }
+
+#[test]
+fn consecutive_messages_to_one_server_reuse_the_connection() {
+    let sink = Sink::start(Script::default());
+    let server = start(&[("remote.test", &sink)], "");
+    for i in 0..3 {
+        submit(
+            &server,
+            &["bob@remote.test"],
+            &format!("Subject: reuse {i}\r\n\r\nx"),
+        );
+        assert_eq!(
+            sink.wait_for(i + 1).len(),
+            i + 1,
+            "log:\n{}",
+            server.log_text()
+        );
+    }
+    assert_eq!(
+        sink.connections(),
+        1,
+        "one connection carried all three messages"
+    );
+}

@@ -90,6 +90,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         users: credentials.clone(),
         resolver: Arc::new(resolver),
         tls: client_tls,
+        pool: Default::default(),
     });
     let (stop, stopped) = watch::channel(false);
     let (delivery, delivery_task) = dispatcher::start(deliverer, recovered, stopped.clone());

@@ -36,6 +36,8 @@ pub struct Deliverer {
     pub resolver: Arc<dyn Resolver>,
     /// TLS for outbound STARTTLS.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Idle outbound connections, reused for the next message to the same server.
+    pub pool: smtp_client::ConnectionPool,
 }
 
 /// The result of one delivery attempt for one recipient.

@@ -10,7 +10,9 @@
 //! Talks to servers on the Internet: every read has a timeout, replies are parsed by
 //! the bounded protocol core, and STARTTLS is opportunistic (see `stream.rs`).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use postern_proto::client::{
     self, ClientAction, ClientConfig, Failure, ServerReply, TransactionOutcome,
@@ -61,6 +63,16 @@ pub async fn deliver_domain(
     );
     for target in &targets {
         let relay = target_label(target);
+        // A connection left open by the previous message to this host saves a
+        // handshake; if the server has closed it meanwhile, connect afresh.
+        if let Some(mut idle) = d.pool.take(target.addr)
+            && let Ok(outcomes) = idle.transact(d, target, &envelope, message).await
+        {
+            if idle.ready {
+                d.pool.put(target.addr, idle);
+            }
+            return outcomes;
+        }
         match attempt(d, target, &envelope, message, true).await {
             Ok(outcomes) => return outcomes,
             Err(AttemptError::Tls(e)) if d.config.outbound.plaintext_fallback => {
@@ -75,6 +87,44 @@ pub async fn deliver_domain(
     }
     let (dsn, reply, relay) = last;
     vec![Outcome::deferred(&dsn, reply, relay); rcpts.len()]
+}
+
+/// Connections kept open after a message, for the next message to the same address
+/// (Postfix's connection cache): a burst of mail to one provider needs one handshake,
+/// not one per message.
+#[derive(Default)]
+pub struct ConnectionPool {
+    idle: std::sync::Mutex<HashMap<SocketAddr, Vec<(Outbound, Instant)>>>,
+}
+
+/// How long an idle connection is kept; servers close idle clients after a while.
+const IDLE_TIME: Duration = Duration::from_secs(5);
+/// Idle connections kept per address.
+const IDLE_PER_TARGET: usize = 4;
+
+impl ConnectionPool {
+    fn take(&self, addr: SocketAddr) -> Option<Outbound> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < IDLE_TIME {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, conn: Outbound) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        for list in idle.values_mut() {
+            list.retain(|(_, since)| since.elapsed() < IDLE_TIME);
+        }
+        idle.retain(|_, list| !list.is_empty());
+        let list = idle.entry(addr).or_default();
+        if list.len() < IDLE_PER_TARGET {
+            list.push((conn, Instant::now()));
+        }
+    }
 }
 
 fn target_label(target: &Target) -> String {
@@ -106,8 +156,9 @@ impl AttemptError {
     }
 }
 
-/// One connection to one target: greeting, EHLO, STARTTLS if offered and `use_tls`,
-/// the transaction, QUIT.
+/// A new connection to one target: greeting, EHLO, STARTTLS if offered and `use_tls`,
+/// the transaction. A connection that ends the transaction ready for another goes to
+/// the pool; any other is closed with QUIT.
 async fn attempt(
     d: &Deliverer,
     target: &Target,
@@ -129,19 +180,30 @@ async fn attempt(
         }),
         timeout: outbound.timeout,
         relay: target_label(target),
+        ready: false,
     };
-    conn.run(d, target, envelope, message).await
+    let outcomes = conn.transact(d, target, envelope, message).await?;
+    if conn.ready {
+        d.pool.put(target.addr, conn);
+    } else {
+        conn.close().await;
+    }
+    Ok(outcomes)
 }
 
-struct Outbound {
+pub struct Outbound {
     stream: Option<Stream>,
     client: client::Client,
     timeout: Duration,
     relay: String,
+    /// Between transactions, ready for the next MAIL FROM.
+    ready: bool,
 }
 
 impl Outbound {
-    async fn run(
+    /// Runs one transaction, from wherever the session is (a new connection, or an idle
+    /// one from the pool), until its outcome is known and the session is ready again.
+    async fn transact(
         &mut self,
         d: &Deliverer,
         target: &Target,
@@ -149,6 +211,10 @@ impl Outbound {
         message: &[u8],
     ) -> Result<Vec<Outcome>, AttemptError> {
         let mut results: Option<Vec<Outcome>> = None;
+        if self.ready {
+            self.ready = false;
+            self.begin(envelope, message, &mut results);
+        }
         let mut buf = vec![0u8; 8192];
         loop {
             while let Some(action) = self.client.poll_action() {
@@ -156,15 +222,14 @@ impl Outbound {
                     ClientAction::Send(bytes) => self.write(&bytes).await?,
                     ClientAction::StartTls => self.start_tls(d, target).await?,
                     ClientAction::Ready(_) if results.is_none() => {
-                        if let Err(failure) = self.client.send(envelope, message) {
-                            results = Some(self.refused(failure, envelope.rcpts.len()));
-                            self.client.quit();
-                        }
+                        self.begin(envelope, message, &mut results);
                     }
-                    ClientAction::Ready(_) => self.client.quit(),
+                    ClientAction::Ready(_) => {
+                        self.ready = true;
+                        return results.ok_or(AttemptError::Session("no outcome".into()));
+                    }
                     ClientAction::Delivered(outcome) => {
                         results = Some(self.outcomes(&outcome, envelope.rcpts.len()));
-                        self.client.quit();
                     }
                     ClientAction::Failed(failure) => {
                         return results.ok_or_else(|| AttemptError::Session(describe(&failure)));
@@ -174,8 +239,7 @@ impl Outbound {
                     }
                 }
             }
-            let n = self.read(&mut buf).await;
-            match n {
+            match self.read(&mut buf).await {
                 Ok(0) | Err(_) if results.is_some() => {
                     return results.ok_or(AttemptError::Session("closed".into()));
                 }
@@ -186,6 +250,46 @@ impl Outbound {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Starts the transaction, or records why the server cannot take this message.
+    fn begin(
+        &mut self,
+        envelope: &client::Envelope,
+        message: &[u8],
+        results: &mut Option<Vec<Outcome>>,
+    ) {
+        if let Err(failure) = self.client.send(envelope, message) {
+            *results = Some(self.refused(failure, envelope.rcpts.len()));
+            // The session could go on, but this connection has served its purpose.
+            self.client.quit();
+        }
+    }
+
+    /// QUIT, politely but without waiting long for the answer.
+    async fn close(&mut self) {
+        self.client.quit();
+        let mut buf = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                while let Some(action) = self.client.poll_action() {
+                    match action {
+                        ClientAction::Send(bytes) => {
+                            if self.write(&bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                        ClientAction::Closed | ClientAction::Failed(_) => return,
+                        _ => {}
+                    }
+                }
+                match self.read(&mut buf).await {
+                    Ok(n) if n > 0 => self.client.handle_bytes(&buf[..n]),
+                    _ => return,
+                }
+            }
+        })
+        .await;
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), AttemptError> {

@@ -54,6 +54,7 @@ impl Default for Script {
 #[derive(Clone)]
 pub struct Sink {
     pub addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<Script>>,
 }
@@ -63,12 +64,16 @@ impl Sink {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
         let sink = Sink {
             addr: listener.local_addr().expect("sink addr"),
+            connections: Arc::default(),
             received: Arc::default(),
             script: Arc::new(Mutex::new(script)),
         };
         let accepting = sink.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                accepting
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let conn = accepting.clone();
                 std::thread::spawn(move || conn.serve(stream));
             }
@@ -79,6 +84,11 @@ impl Sink {
     /// Changes how the sink answers from now on.
     pub fn script(&self, change: impl FnOnce(&mut Script)) {
         change(&mut self.script.lock().unwrap());
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {
