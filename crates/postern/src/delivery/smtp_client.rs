@@ -274,11 +274,7 @@ impl Outbound {
             loop {
                 while let Some(action) = self.client.poll_action() {
                     match action {
-                        ClientAction::Send(bytes) => {
-                            if self.write(&bytes).await.is_err() {
-                                return;
-                            }
-                        }
+                        ClientAction::Send(bytes) if self.write(&bytes).await.is_err() => return,
                         ClientAction::Closed | ClientAction::Failed(_) => return,
                         _ => {}
                     }
