@@ -282,3 +282,28 @@ fn a_loopback_smtp_session_is_attributed_to_its_unix_user() {
     let refused = server.wait_for_log("reason=rate_limited").unwrap();
     assert_eq!(field(&refused, "uid"), Some(uid.to_string()));
 }
+
+#[test]
+fn sendmail_bp_lists_the_queue_and_q_flushes_it() {
+    let server = Server::start();
+    // A message that cannot be delivered yet: its Maildir is blocked by a file.
+    std::fs::write(server.dir.path().join("mail"), b"blocker").unwrap();
+    let out = server.sendmail(None, &["alice@example.com"], b"Subject: waiting\n\nx\n");
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    server.wait_for_log("event=deferred").unwrap();
+    // The log line comes just before the new state is written; wait for it.
+    common::wait_until(|| {
+        String::from_utf8_lossy(&server.sendmail(None, &["-bp"], b"").stdout).contains("deferred")
+    });
+    let out = server.sendmail(None, &["-bp"], b"");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("alice@example.com: deferred, 1 attempt"),
+        "{listing}{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(server.dir.path().join("mail")).unwrap();
+    let out = server.sendmail(None, &["-q"], b"");
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert_eq!(server.wait_for_delivery("alice@example.com", 1).len(), 1);
+}

@@ -321,6 +321,14 @@ fn queue_commands_list_flush_and_delete_on_the_running_server() {
     .len()
         >= 2));
 
+    // The deferral is logged just before its new state is written: wait for both.
+    common::wait_until(|| {
+        let out = server.cli(&["queue", "list"], None);
+        String::from_utf8_lossy(&out.stdout)
+            .matches(": deferred")
+            .count()
+            == 2
+    });
     let out = server.cli(&["queue", "list"], None);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -398,4 +406,42 @@ fn consecutive_messages_to_one_server_reuse_the_connection() {
         1,
         "one connection carried all three messages"
     );
+}
+
+#[test]
+fn a_failed_starttls_handshake_falls_back_to_plaintext_only_when_allowed() {
+    let broken = || {
+        Sink::start(Script {
+            broken_starttls: true,
+            ..Script::default()
+        })
+    };
+    let lenient = broken();
+    let server = start(&[("remote.test", &lenient)], "");
+    submit(&server, &["bob@remote.test"], "Subject: fallback\r\n\r\nx");
+    assert_eq!(
+        lenient.wait_for(1).len(),
+        1,
+        "delivered in plaintext; log:\n{}",
+        server.log_text()
+    );
+    server.wait_for_log("event=tls_failed").unwrap();
+
+    let strict_sink = broken();
+    let strict = start(
+        &[("remote.test", &strict_sink)],
+        "plaintext_fallback = false",
+    );
+    submit(
+        &strict,
+        &["bob@remote.test"],
+        "Subject: no fallback\r\n\r\nx",
+    );
+    let deferred = strict.wait_for_log("event=deferred").unwrap();
+    assert_eq!(
+        field(&deferred, "dsn").as_deref(),
+        Some("4.7.5"),
+        "{deferred}"
+    );
+    assert!(strict_sink.received().is_empty());
 }

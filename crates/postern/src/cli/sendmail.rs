@@ -15,12 +15,6 @@ pub fn run(args: &[String]) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(exit::USAGE, &format!("{e}; {USAGE}")),
     };
-    if options.mode != Mode::Deliver {
-        return fail(
-            exit::UNAVAILABLE,
-            "-bp and -q (queue listing and flushing) are not available in this version",
-        );
-    }
     let source = Config::locate(None);
     let config = match Config::load(&source) {
         Ok(c) => c,
@@ -31,6 +25,17 @@ pub fn run(args: &[String]) -> ExitCode {
             );
         }
     };
+    let queue_command = match options.mode {
+        Mode::Deliver => None,
+        Mode::ListQueue => Some(super::queue::list(&config)),
+        Mode::FlushQueue => Some(super::queue::flush(&config, None)),
+    };
+    if let Some(result) = queue_command {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(exit::UNAVAILABLE, &format!("{e:#}")),
+        };
+    }
     let Some(local) = &config.local_submission else {
         return fail(
             exit::UNAVAILABLE,

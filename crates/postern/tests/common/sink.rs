@@ -28,6 +28,8 @@ type RcptRule = Box<dyn Fn(&str) -> String + Send + Sync>;
 pub struct Script {
     /// Accept connections but never say anything.
     pub silent: bool,
+    /// Offer STARTTLS, say 220, then hang up instead of a handshake.
+    pub broken_starttls: bool,
     pub extensions: Vec<String>,
     /// The reply to each RCPT, by address.
     pub rcpt: RcptRule,
@@ -39,6 +41,7 @@ impl Default for Script {
     fn default() -> Script {
         Script {
             silent: false,
+            broken_starttls: false,
             extensions: vec![
                 "PIPELINING".into(),
                 "8BITMIME".into(),
@@ -129,10 +132,18 @@ impl Sink {
             }
             let cmd = line.trim_end().to_string();
             let upper = cmd.to_ascii_uppercase();
+            if upper.starts_with("STARTTLS") {
+                say("220 2.0.0 go ahead");
+                return;
+            }
             if upper.starts_with("EHLO") {
-                let ext = self.script.lock().unwrap().extensions.clone();
+                let script = self.script.lock().unwrap();
                 let mut lines = vec!["sink.test".to_string()];
-                lines.extend(ext);
+                lines.extend(script.extensions.clone());
+                if script.broken_starttls {
+                    lines.push("STARTTLS".into());
+                }
+                drop(script);
                 for (i, l) in lines.iter().enumerate() {
                     let sep = if i + 1 == lines.len() { ' ' } else { '-' };
                     say(&format!("250{sep}{l}"));
