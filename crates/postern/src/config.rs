@@ -232,6 +232,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     local_domains: Vec<String>,
+    postmaster: Option<String>,
     #[serde(default, rename = "listener")]
     listeners: Vec<Listener>,
     tls: Option<Tls>,
@@ -257,6 +258,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Lower case, compared exactly.
     pub local_domains: Vec<String>,
+    /// Where mail for postmaster@ a local domain goes when that mailbox does not exist.
+    pub postmaster: Option<String>,
     pub listeners: Vec<Listener>,
     pub tls: Option<Tls>,
     pub passwd_file: PathBuf,
@@ -329,6 +332,7 @@ impl Config {
         Config {
             source: Source::File(path),
             hostname: file.hostname.unwrap_or_else(system_hostname),
+            postmaster: file.postmaster,
             local_domains: file
                 .local_domains
                 .iter()
@@ -369,6 +373,7 @@ impl Config {
             source: Source::Defaults,
             hostname: system_hostname(),
             local_domains: vec!["localhost".to_string()],
+            postmaster: None,
             listeners: vec![
                 listener("mx", 2525, Role::Mx),
                 listener("submission", 5587, Role::Submission),
@@ -553,6 +558,14 @@ fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
                 format!("local_domains: {d:?} is not a valid domain name"),
             ));
         }
+    }
+    if let Some(pm) = &config.postmaster
+        && postern_proto::Mailbox::parse(pm).is_err()
+    {
+        return Err(invalid(
+            "postmaster",
+            format!("postmaster: {pm:?} is not a mail address; write e.g. \"admin@example.com\""),
+        ));
     }
     if config.hostname.trim().is_empty() || config.hostname.contains(char::is_whitespace) {
         return Err(invalid(

@@ -8,14 +8,47 @@ use crate::auth::Credentials;
 use crate::config::Config;
 use crate::policy::{MailboxLookup, RecipientFacts};
 
-/// The address a recipient is delivered to: `<postmaster>` (RFC 5321 §4.5.1) is the
-/// postmaster of our first local domain.
-pub fn recipient_address(config: &Config, rcpt: &ForwardPath) -> String {
-    match (rcpt, config.local_domains.first()) {
+/// The address a recipient is delivered to. `<postmaster>` (RFC 5321 §4.5.1) is the
+/// postmaster of our first local domain; the postmaster of a local domain that has no
+/// mailbox of that name goes to the `postmaster` address of the configuration, because
+/// RFC 5321 requires every domain we serve to accept mail for its postmaster.
+pub fn recipient_address(config: &Config, users: &dyn Credentials, rcpt: &ForwardPath) -> String {
+    let address = match (rcpt, config.local_domains.first()) {
         (ForwardPath::Postmaster, Some(domain)) => format!("postmaster@{domain}"),
         (ForwardPath::Postmaster, None) => format!("postmaster@{}", config.hostname),
         (ForwardPath::Mailbox(m), _) => m.to_string(),
+    };
+    match &config.postmaster {
+        Some(target) if is_local_postmaster(config, &address) && !has_mailbox(users, &address) => {
+            target.clone()
+        }
+        _ => address,
     }
+}
+
+/// The addresses to deliver to, each once: `A@example.com` and `a@example.com`, or two
+/// names for the postmaster, are one delivery.
+pub fn delivery_addresses(
+    config: &Config,
+    users: &dyn Credentials,
+    rcpts: &[ForwardPath],
+) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    rcpts
+        .iter()
+        .map(|r| recipient_address(config, users, r))
+        .filter(|a| seen.insert(a.to_lowercase()))
+        .collect()
+}
+
+fn is_local_postmaster(config: &Config, address: &str) -> bool {
+    address.rsplit_once('@').is_some_and(|(local, domain)| {
+        local.eq_ignore_ascii_case("postmaster") && config.is_local_domain(domain)
+    })
+}
+
+fn has_mailbox(users: &dyn Credentials, address: &str) -> bool {
+    matches!(users.lookup(address), Ok(Some(_)))
 }
 
 pub fn recipient_facts(
@@ -33,7 +66,14 @@ pub fn recipient_facts(
             mailbox: MailboxLookup::Missing,
         };
     }
-    let address = recipient_address(config, to);
+    let address = recipient_address(config, users, to);
+    if config.postmaster.as_ref() == Some(&address) {
+        // Redirected to the administrator's address, wherever it is.
+        return RecipientFacts {
+            domain_is_local,
+            mailbox: MailboxLookup::Exists,
+        };
+    }
     let mailbox = match users.lookup(&address) {
         Ok(Some(_)) => MailboxLookup::Exists,
         Ok(None) => MailboxLookup::Missing,

@@ -215,3 +215,21 @@ fn the_login_limit_refuses_mail_with_450() {
         "the login is logged in its canonical form"
     );
 }
+
+#[test]
+fn postmaster_is_accepted_and_goes_to_the_configured_address() {
+    let server = Server::start_setup(common::Setup {
+        top: "postmaster = \"bob@example.com\"".into(),
+        ..Default::default()
+    });
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    c.cmd("RCPT TO:<postmaster>", "250");
+    c.cmd("RCPT TO:<PostMaster@Example.com>", "250");
+    c.cmd("DATA", "354");
+    c.cmd("Subject: abuse report\r\n\r\nx\r\n.", "250");
+    let mails = server.wait_for_delivery("bob@example.com", 1);
+    assert_eq!(mails.len(), 1, "log:\n{}", server.log_text());
+    assert!(mails[0].contains("Subject: abuse report"));
+}

@@ -94,10 +94,7 @@ async fn queue_message(
             ),
         ));
     }
-    let addresses: Vec<String> = rcpts
-        .iter()
-        .map(|r| facts::recipient_address(config, r))
-        .collect();
+    let addresses = facts::delivery_addresses(config, ctx.users.as_ref(), &rcpts);
     let envelope = Envelope::new(
         queue_id.clone(),
         sender.to_string(),

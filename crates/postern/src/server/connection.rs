@@ -421,11 +421,7 @@ impl Connection {
     async fn spool(&mut self, tx: Transaction) -> Result<String, Reply> {
         let queue_id = QueueId::generate();
         let prefix = self.added_headers(&tx, queue_id.as_str());
-        let rcpts: Vec<String> = tx
-            .rcpts
-            .iter()
-            .map(|r| facts::recipient_address(&self.ctx.config, r))
-            .collect();
+        let rcpts = facts::delivery_addresses(&self.ctx.config, self.ctx.users.as_ref(), &tx.rcpts);
         let size = (prefix.len() + tx.body.len()) as u64;
         let from = tx.from.to_string();
         let envelope = Envelope::new(

@@ -27,6 +27,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Setup {
     /// The local domain (default `example.com`); users alice@ and bob@ it.
     pub domain: Option<String>,
+    /// Top-level keys, e.g. `postmaster = "…"`.
+    pub top: String,
     /// Lines inside `[delivery]`, e.g. `relay_host = "…"`.
     pub delivery: String,
     /// More TOML after the standard configuration (other tables).
@@ -95,6 +97,7 @@ impl Server {
             r#"hostname = "mail.example.com"
 data_dir = "{d}/data"
 local_domains = ["{domain}"]
+{top}
 
 [[listener]]
 name = "mx"
@@ -123,6 +126,7 @@ socket = "{d}/run/submit.sock"
 {extra}
 "#,
             domain = self.domain(),
+            top = self.setup.top,
             delivery = self.setup.delivery,
             extra = self.setup.extra,
         );
