@@ -607,57 +607,11 @@ mod tests {
 
     #[test]
     fn contract_example_parses() {
-        let text = r#"
-hostname = "mail.example.com"
-data_dir = "/var/lib/postern"
-local_domains = ["Example.com"]
-
-[[listener]]
-name = "mx"
-addr = "0.0.0.0:25"
-role = "mx"
-
-[[listener]]
-name = "submission"
-addr = "0.0.0.0:587"
-role = "submission"
-
-[tls]
-cert = "/etc/postern/cert.pem"
-key  = "/etc/postern/key.pem"
-
-[auth]
-passwd_file = "/etc/postern/passwd"
-
-[local_submission]
-socket = "/run/postern/submit.sock"
-
-[delivery]
-maildir = "/var/vmail/%d/%n/Maildir"
-relay_host = "127.0.0.1:10099"
-[delivery.routes]
-"remote.test" = "127.0.0.1:10099"
-
-[limits]
-max_message_size = 26214400
-max_recipients = 100
-login_messages_per_hour = 0
-uid_messages_per_hour = 0
-auth_failures_before_block = 10
-auth_block_seconds = 600
-
-[metrics]
-addr = "127.0.0.1:9187"
-
-[[dkim]]
-domain = "example.com"
-selector = "s1"
-key = "/var/lib/postern/dkim/example.com.s1.key"
-"#;
+        let text = include_str!("../tests/fixtures/contract.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.hostname, "mail.example.com");
         assert_eq!(c.local_domains, vec!["example.com"]);
-        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners.len(), 3);
         assert_eq!(c.listeners[1].role, Role::Submission);
         assert_eq!(
             c.routes.get("remote.test").map(String::as_str),
