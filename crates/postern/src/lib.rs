@@ -15,6 +15,7 @@ pub mod facts;
 pub mod headers;
 pub mod local;
 pub mod logfmt;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod ratelimit;

@@ -441,16 +441,23 @@ fn record(
     now: i64,
 ) -> Option<RecipientReport> {
     let queue_id = envelope.queue_id.clone();
+    let received_at = envelope.received_at;
     let expired = now - envelope.received_at >= config.queue.max_age.as_secs() as i64;
     let rcpt = &mut envelope.recipients[i];
     rcpt.attempts += 1;
     let (dsn, reply, relay) = match outcome {
         Outcome::Delivered { relay, reply } => {
             rcpt.status = RecipientStatus::Delivered;
+            crate::metrics::delivery("delivered", kind_of(&relay), age(now, received_at));
             tracing::info!(event = "delivered", queue_id = %queue_id, rcpt = %rcpt.address, relay = %relay, dsn = "2.0.0", reply = %reply);
             return None;
         }
         Outcome::Deferred { dsn, reply, relay } if !expired => {
+            crate::metrics::delivery(
+                "deferred",
+                kind_of(relay.as_deref().unwrap_or("")),
+                age(now, received_at),
+            );
             rcpt.next_attempt = now + retry_delay(config, rcpt.attempts);
             tracing::info!(event = "deferred", queue_id = %queue_id, rcpt = %rcpt.address, relay = relay.as_deref().unwrap_or("none"), dsn = %dsn, reply = %reply);
             rcpt.last_error = Some(reply);
@@ -466,6 +473,11 @@ fn record(
         Outcome::Bounced { dsn, reply, relay } => (dsn, reply, relay),
     };
     rcpt.status = RecipientStatus::Bounced;
+    crate::metrics::delivery(
+        "bounced",
+        kind_of(relay.as_deref().unwrap_or("")),
+        age(now, received_at),
+    );
     tracing::info!(event = "bounced", queue_id = %queue_id, rcpt = %rcpt.address, relay = relay.as_deref().unwrap_or("none"), dsn = %dsn, reply = %reply);
     rcpt.last_error = Some(reply.clone());
     rcpt.last_relay = relay.clone();
@@ -478,6 +490,18 @@ fn record(
         last_attempt: chrono::DateTime::from_timestamp(now, 0),
         will_retry_until: None,
     })
+}
+
+fn kind_of(relay: &str) -> &'static str {
+    if relay == "maildir" {
+        "local"
+    } else {
+        "remote"
+    }
+}
+
+fn age(now: i64, since: i64) -> Duration {
+    Duration::from_secs(now.saturating_sub(since).max(0) as u64)
 }
 
 /// The "still trying" notice, once, when the message has waited `delay_warning`.

@@ -104,15 +104,21 @@ pub async fn serve(
 }
 
 async fn handle(ctx: &Context, mut stream: UnixStream) {
-    let client = match peer(&stream).await {
+    crate::metrics::connection_opened("local");
+    handle_submission(ctx, &mut stream).await;
+    crate::metrics::connection_closed("local");
+}
+
+async fn handle_submission(ctx: &Context, stream: &mut UnixStream) {
+    let client = match peer(stream).await {
         Some(c) => c,
         None => {
             let r = Response::new(exit::SOFTWARE, "cannot identify the submitting user");
-            return respond(&mut stream, &r).await;
+            return respond(stream, &r).await;
         }
     };
     let max = ctx.config.limits.max_message_size;
-    let received = tokio::time::timeout(READ_TIMEOUT, read_submission(&mut stream, max)).await;
+    let received = tokio::time::timeout(READ_TIMEOUT, read_submission(stream, max)).await;
     let response = match received {
         Err(_) => Response::new(
             exit::TEMPORARY,
@@ -121,7 +127,7 @@ async fn handle(ctx: &Context, mut stream: UnixStream) {
         Ok(Err(r)) => r,
         Ok(Ok((request, message))) => submission::submit(ctx, &client, request, &message).await,
     };
-    respond(&mut stream, &response).await;
+    respond(stream, &response).await;
 }
 
 /// Who is on the other end, from the kernel and /proc.

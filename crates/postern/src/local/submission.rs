@@ -118,6 +118,7 @@ async fn queue_message(
         ));
     }
     log_accepted(client, &envelope, script.as_deref());
+    crate::metrics::message_accepted("local");
     ctx.rates.record(rate_key, uid_limit, Instant::now());
     ctx.delivery.notify(queue_id.clone());
     Ok(queue_id)

@@ -25,6 +25,7 @@ use crate::config::{Listener, Role};
 use crate::facts;
 use crate::headers;
 use crate::local::attribution::{UnixUser, loopback_owner};
+use crate::metrics;
 use crate::policy::{self, Verdict};
 use crate::queue::{Envelope, Origin, QueueId};
 use crate::ratelimit::RateKey;
@@ -59,6 +60,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let _counted = Counted::new(&listener.name);
     let owner = socket_owner(&tcp, peer).await;
     let implicit_tls = listener.role == Role::Submissions;
     let stream = if implicit_tls {
@@ -92,6 +94,22 @@ pub async fn serve(
     };
     if let Err(e) = conn.run().await {
         tracing::debug!(event = "connection_error", client = %conn.client, error = %e);
+    }
+}
+
+/// Counts a connection in the metrics for as long as it lives.
+struct Counted(String);
+
+impl Counted {
+    fn new(listener: &str) -> Counted {
+        metrics::connection_opened(listener);
+        Counted(listener.to_string())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        metrics::connection_closed(&self.0);
     }
 }
 
@@ -224,6 +242,7 @@ impl Connection {
 
     fn send(&mut self, reply: Reply) {
         if reply.code >= 400 && self.logged_refusal.take().as_ref() != Some(&reply) {
+            metrics::message_rejected(session_refusal_reason(&reply));
             tracing::info!(
                 event = "rejected",
                 listener = %self.listener.name,
@@ -290,6 +309,7 @@ impl Connection {
         if verdict.is_accepted() {
             return;
         }
+        metrics::message_rejected(verdict.reason.as_str());
         tracing::info!(
             event = "rejected",
             listener = %self.listener.name,
@@ -350,6 +370,7 @@ impl Connection {
         let login = credentials.login.to_lowercase();
         let key = self.failure_key();
         if let Some(left) = self.ctx.auth_failures.blocked_for(&key, Instant::now()) {
+            metrics::message_rejected("auth_blocked");
             tracing::info!(event = "rejected", listener = %self.listener.name, client = %self.client, reason = "auth_blocked", user = %login);
             let reply = Reply::auth_blocked(left.as_secs().div_ceil(60).max(1));
             self.logged_refusal = Some(reply.clone());
@@ -388,6 +409,7 @@ impl Connection {
     /// Logs a failed login (fail2ban reads these lines), counts it against the client,
     /// and returns the reply: `421` when this failure starts a block.
     fn auth_failure(&mut self, login: &str, mechanism: &str, reply: Reply) -> Reply {
+        metrics::auth_failed(&self.listener.name);
         tracing::info!(
             event = "auth_failed",
             listener = %self.listener.name,
@@ -457,6 +479,7 @@ impl Connection {
             uid = self.owner.as_ref().map(|o| o.uid),
             user = self.owner.as_ref().map(|o| o.name.as_str()),
         );
+        metrics::message_accepted("smtp");
         let now = Instant::now();
         for (key, limit, _) in self.rate_keys() {
             self.ctx.rates.record(key, limit, now);
