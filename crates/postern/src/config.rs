@@ -405,9 +405,6 @@ impl Config {
     /// Settings this version reads but does not act on yet, for a warning at start.
     pub fn unimplemented_settings(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
-        if self.metrics.is_some() {
-            unused.push("metrics");
-        }
         if !self.dkim.is_empty() {
             unused.push("dkim");
         }

@@ -21,6 +21,26 @@ fn main() -> ExitCode {
         Command::Serve { config } => report(cli::serve::run(config.as_deref())),
         Command::CheckConfig { config } => cli::check_config::run(config.as_deref()),
         Command::User { config, action } => report(cli::user::run(config.as_deref(), action)),
+        Command::Explain {
+            config,
+            listener,
+            from,
+            rcpt,
+            ip,
+            auth,
+            uid,
+        } => cli::explain::run(
+            config.as_deref(),
+            &cli::explain::Question {
+                listener: &listener,
+                from: &from,
+                rcpt: &rcpt,
+                ip,
+                auth: auth.as_deref(),
+                uid,
+            },
+        ),
+        Command::Status { config } => cli::status::run(config.as_deref()),
         Command::Queue { config, action } => report(cli::queue::run(config.as_deref(), action)),
     }
 }

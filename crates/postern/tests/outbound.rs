@@ -445,3 +445,39 @@ fn a_failed_starttls_handshake_falls_back_to_plaintext_only_when_allowed() {
     );
     assert!(strict_sink.received().is_empty());
 }
+
+#[test]
+fn sigterm_during_deliveries_exits_zero_and_loses_nothing() {
+    let sink = Sink::start(Script {
+        data_delay: std::time::Duration::from_millis(300),
+        ..Script::default()
+    });
+    let mut server = start(&[("remote.test", &sink)], "");
+    let total = 8;
+    for i in 0..total {
+        submit(
+            &server,
+            &["bob@remote.test"],
+            &format!("Subject: term {i}\r\n\r\nx"),
+        );
+    }
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    server.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let unique = || {
+        sink.received()
+            .iter()
+            .filter_map(|m| {
+                m.text()
+                    .lines()
+                    .find(|l| l.starts_with("Subject: term "))
+                    .map(str::to_string)
+            })
+            .collect::<HashSet<_>>()
+    };
+    while unique().len() < total && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(unique().len(), total, "log:\n{}", server.log_text());
+}

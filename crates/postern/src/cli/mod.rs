@@ -1,9 +1,11 @@
 //! The command line: one file per command, each a thin adapter over the library.
 
 pub mod check_config;
+pub mod explain;
 pub mod queue;
 pub mod sendmail;
 pub mod serve;
+pub mod status;
 pub mod user;
 
 use std::path::PathBuf;
@@ -40,6 +42,34 @@ pub enum Command {
     Sendmail {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Print the reply the policy would give one transaction, and why, without
+    /// sending anything. Exit 0 when accepted, 1 when refused, 2 on a usage error.
+    Explain {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The listener's name, as in the config, or "local" for sendmail.
+        #[arg(long)]
+        listener: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        rcpt: String,
+        /// The client's IP address (for the record: no address is trusted).
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Assume the client logged in as this mailbox.
+        #[arg(long)]
+        auth: Option<String>,
+        /// The Unix user: of the sendmail caller with --listener local, else the owner
+        /// of a loopback client's socket.
+        #[arg(long)]
+        uid: Option<u32>,
+    },
+    /// Is the server running, since when, connections now, queue size.
+    Status {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Inspect and act on the queue (also `mailq` for `queue list`).
     Queue {

@@ -1,5 +1,5 @@
 //! `postern serve`: starts the listeners, the queue and delivery, and runs until
-//! SIGTERM or SIGINT. SIGHUP re-reads the passwd-file.
+//! SIGTERM or SIGINT. SIGHUP reloads the configuration, the certificate and the users.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,8 +14,7 @@ use crate::config::{Config, Source};
 use crate::delivery::dispatcher::{self, Deliverer};
 use crate::delivery::next_hop::SystemResolver;
 use crate::queue::Spool;
-use crate::ratelimit::RateLimiter;
-use crate::server::{self, Context, tls};
+use crate::server::{self, Context, Settings, tls};
 
 /// How long open sessions may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -36,10 +35,10 @@ pub fn run(explicit: Option<&Path>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(source, config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
     for key in config.unimplemented_settings() {
         tracing::warn!(
             event = "setting_ignored",
@@ -77,6 +76,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    if let Some(m) = &config.metrics {
+        let addr = crate::metrics::install(m.addr, spool.clone())
+            .context("cannot start the metrics endpoint")?;
+        tracing::info!(event = "listening", listener = "metrics", addr = %addr, role = "metrics");
+    }
     let control_socket =
         server::control::bind(&config.data_dir).context("cannot create the control socket")?;
     let credentials: Arc<dyn Credentials> = users.clone();
@@ -84,26 +88,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         SystemResolver::new().context("cannot set up DNS resolution (/etc/resolv.conf)")?;
     let client_tls =
         crate::stream::opportunistic_client_config().context("cannot set up outbound TLS")?;
-    let deliverer = Arc::new(Deliverer {
-        config: config.clone(),
-        spool: spool.clone(),
-        users: credentials.clone(),
-        resolver: Arc::new(resolver),
-        tls: client_tls,
-        pool: Default::default(),
-    });
+    let deliverer = Arc::new(Deliverer::new(
+        config.clone(),
+        spool.clone(),
+        credentials.clone(),
+        Arc::new(resolver),
+        client_tls,
+    ));
     let (stop, stopped) = watch::channel(false);
-    let (delivery, delivery_task) = dispatcher::start(deliverer, recovered, stopped.clone());
-    let ctx = Arc::new(Context {
+    let (delivery, delivery_task) =
+        dispatcher::start(deliverer.clone(), recovered, stopped.clone());
+    let settings = Settings {
         config,
         tls,
         users: credentials,
-        spool,
-        delivery,
-        rates: RateLimiter::default(),
-        auth_failures: Default::default(),
-    });
-    tokio::spawn(signals.handle(stop, users));
+    };
+    let ctx = Arc::new(Context::new(settings, spool, delivery));
+    let reloader = Reloader {
+        source,
+        ctx: ctx.clone(),
+        deliverer,
+        users,
+    };
+    tokio::spawn(signals.handle(stop, reloader));
     server::run(ctx, bound, local, control_socket, stopped, SHUTDOWN_GRACE).await;
     if tokio::time::timeout(SHUTDOWN_GRACE, delivery_task)
         .await
@@ -135,7 +142,7 @@ fn load_users(users: &PasswdFile) {
     }
 }
 
-/// SIGTERM and SIGINT stop the server; SIGHUP re-reads the passwd-file.
+/// SIGTERM and SIGINT stop the server; SIGHUP reloads.
 struct Signals {
     term: Signal,
     int: Signal,
@@ -151,15 +158,12 @@ impl Signals {
         })
     }
 
-    async fn handle(mut self, stop: watch::Sender<bool>, users: Arc<PasswdFile>) {
+    async fn handle(mut self, stop: watch::Sender<bool>, mut reloader: Reloader) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => {
-                    tracing::info!(event = "reload", msg = "re-reading the passwd-file (listeners and other settings need a restart in this version)");
-                    load_users(&users);
-                }
+                _ = self.hup.recv() => reloader.reload(),
             }
         }
         tracing::info!(
@@ -168,4 +172,83 @@ impl Signals {
         );
         let _ = stop.send(true);
     }
+}
+
+/// Applies a new configuration without dropping connections: sessions already open
+/// keep the settings they started with. A configuration that does not load (or whose
+/// certificate does not) is refused whole, and the old one keeps serving.
+struct Reloader {
+    source: Source,
+    ctx: Arc<Context>,
+    deliverer: Arc<Deliverer>,
+    users: Arc<PasswdFile>,
+}
+
+impl Reloader {
+    fn reload(&mut self) {
+        tracing::info!(event = "reload", config = %self.source);
+        let new = match Config::load(&self.source) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(event = "reload_failed", error = %e, msg = "the previous configuration stays in force");
+                return;
+            }
+        };
+        let tls = match tls::acceptor(&new) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(event = "reload_failed", error = %e, msg = "the previous configuration stays in force");
+                return;
+            }
+        };
+        let old = self.ctx.settings();
+        for key in needs_restart(&old.config, &new) {
+            tracing::warn!(
+                event = "reload_needs_restart",
+                key,
+                msg = "this change takes effect at the next restart"
+            );
+        }
+        if new.passwd_file != self.users.path() {
+            self.users = Arc::new(PasswdFile::new(&new.passwd_file));
+        }
+        load_users(&self.users);
+        let users: Arc<dyn Credentials> = self.users.clone();
+        self.deliverer.replace(new.clone(), users.clone());
+        self.ctx.replace_settings(Settings {
+            config: new,
+            tls,
+            users,
+        });
+        tracing::info!(event = "reloaded");
+    }
+}
+
+/// Settings that are bound at start: sockets, directories, the metrics endpoint.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let listeners = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.addr, l.role))
+            .collect::<Vec<_>>()
+    };
+    let mut keys = Vec::new();
+    if listeners(old) != listeners(new) {
+        keys.push("listener");
+    }
+    if old.data_dir != new.data_dir {
+        keys.push("data_dir");
+    }
+    if old.local_submission.as_ref().map(|l| &l.socket)
+        != new.local_submission.as_ref().map(|l| &l.socket)
+    {
+        keys.push("local_submission");
+    }
+    if old.metrics.as_ref().map(|m| m.addr) != new.metrics.as_ref().map(|m| m.addr) {
+        keys.push("metrics");
+    }
+    if old.outbound.max_connections != new.outbound.max_connections {
+        keys.push("delivery.max_connections");
+    }
+    keys
 }

@@ -30,14 +30,51 @@ use crate::queue::{Envelope, Origin, QueueId, RecipientStatus, Spool, SpoolError
 
 /// What deliveries need.
 pub struct Deliverer {
-    pub config: Config,
+    /// Replaced on reload (SIGHUP); a delivery uses the settings it started with.
+    config: std::sync::RwLock<Arc<Config>>,
+    users: std::sync::RwLock<Arc<dyn Credentials>>,
     pub spool: Spool,
-    pub users: Arc<dyn Credentials>,
     pub resolver: Arc<dyn Resolver>,
     /// TLS for outbound STARTTLS.
     pub tls: Arc<rustls::ClientConfig>,
     /// Idle outbound connections, reused for the next message to the same server.
     pub pool: smtp_client::ConnectionPool,
+}
+
+impl Deliverer {
+    pub fn new(
+        config: Config,
+        spool: Spool,
+        users: Arc<dyn Credentials>,
+        resolver: Arc<dyn Resolver>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Deliverer {
+        Deliverer {
+            config: std::sync::RwLock::new(Arc::new(config)),
+            users: std::sync::RwLock::new(users),
+            spool,
+            resolver,
+            tls,
+            pool: smtp_client::ConnectionPool::default(),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn users(&self) -> Arc<dyn Credentials> {
+        self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// New settings from a reload, for the deliveries that start from now on.
+    pub fn replace(&self, config: Config, users: Arc<dyn Credentials>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+    }
 }
 
 /// The result of one delivery attempt for one recipient.
@@ -150,7 +187,7 @@ pub fn start(
         let _ = tx.send(Job::Deliver { id, force: false });
     }
     let state = Arc::new(State {
-        slots: Semaphore::new(deliverer.config.outbound.max_connections.max(1)),
+        slots: Semaphore::new(deliverer.config().outbound.max_connections.max(1)),
         d: deliverer,
         jobs: tx.clone(),
         destinations: Mutex::default(),
@@ -238,7 +275,7 @@ fn spawn_delivery(
             Err(SpoolError::NotFound { .. }) => {}
             Err(e) => {
                 tracing::error!(event = "queue_error", queue_id = %id, error = %e);
-                let retry = state.d.config.queue.retry_first.as_secs() as i64;
+                let retry = state.d.config().queue.retry_first.as_secs() as i64;
                 reschedule(&state, now() + retry.max(1), id.clone());
             }
         }
@@ -285,14 +322,14 @@ async fn deliver_message(
     let outcomes = deliver_due(state, &envelope, &due, &message).await;
     let mut bounces = Vec::new();
     for (i, outcome) in outcomes {
-        if let Some(report) = record(&d.config, &mut envelope, i, outcome, now) {
+        if let Some(report) = record(&d.config(), &mut envelope, i, outcome, now) {
             bounces.push(report);
         }
     }
     if !bounces.is_empty() {
         notify_sender(state, &envelope, &message, &bounces).await?;
     }
-    if let Some(delayed) = delay_warning_due(&d.config, &envelope, now) {
+    if let Some(delayed) = delay_warning_due(&d.config(), &envelope, now) {
         notify_sender(state, &envelope, &message, &delayed).await?;
         envelope.delay_warned = true;
     }
@@ -318,7 +355,7 @@ async fn deliver_due(
     for &i in due {
         let address = &envelope.recipients[i].address;
         let domain = domain_of(address).to_lowercase();
-        if d.config.is_local_domain(&domain) {
+        if d.config().is_local_domain(&domain) {
             let _slot = state.slots.acquire().await;
             outcomes.push((i, deliver_local(d, envelope, address, message).await));
         } else {
@@ -341,7 +378,7 @@ async fn deliver_due(
 }
 
 fn destination_slots(state: &State, domain: &str) -> Arc<Semaphore> {
-    let per = state.d.config.outbound.max_per_destination.max(1);
+    let per = state.d.config().outbound.max_per_destination.max(1);
     lock(&state.destinations)
         .entry(domain.to_string())
         .or_insert_with(|| Arc::new(Semaphore::new(per)))
@@ -373,7 +410,7 @@ async fn deliver_local(
     address: &str,
     message: &Arc<Vec<u8>>,
 ) -> Outcome {
-    let account = match d.users.lookup(address) {
+    let account = match d.users().lookup(address) {
         Ok(Some(account)) => account,
         Ok(None) => {
             return Outcome::bounced(
@@ -390,7 +427,7 @@ async fn deliver_local(
             );
         }
     };
-    let path = match maildir::expand_template(&d.config.maildir, &account.login) {
+    let path = match maildir::expand_template(&d.config().maildir, &account.login) {
         Ok(p) => p,
         Err(e) if e.is_temporary() => {
             return Outcome::deferred("4.3.5", e.to_string(), maildir_relay());
@@ -401,7 +438,7 @@ async fn deliver_local(
         "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
         envelope.from, account.login
     );
-    write_maildir(d.config.hostname.clone(), path, prefix, message.clone()).await
+    write_maildir(d.config().hostname.clone(), path, prefix, message.clone()).await
 }
 
 async fn write_maildir(
@@ -547,9 +584,10 @@ async fn notify_sender(
         return Ok(());
     }
     let d = &state.d;
+    let config = d.config();
     let now = chrono::Utc::now();
     let notification = dsn::build(&dsn::Notification {
-        hostname: &d.config.hostname,
+        hostname: &config.hostname,
         queue_id: envelope.queue_id.as_str(),
         original_sender: &envelope.from,
         arrival: chrono::DateTime::from_timestamp(envelope.received_at, 0).unwrap_or(now),

@@ -34,9 +34,10 @@ pub async fn deliver_domain(
     rcpts: &[String],
     message: &[u8],
 ) -> Vec<Outcome> {
+    let config = d.config();
     let routing = Routing {
-        routes: d.config.routes.clone(),
-        relay_host: d.config.relay_host.clone(),
+        routes: config.routes.clone(),
+        relay_host: config.relay_host.clone(),
     };
     let targets = match next_hop::resolve(&routing, d.resolver.as_ref(), domain).await {
         Ok(targets) => targets,
@@ -75,7 +76,7 @@ pub async fn deliver_domain(
         }
         match attempt(d, target, &envelope, message, true).await {
             Ok(outcomes) => return outcomes,
-            Err(AttemptError::Tls(e)) if d.config.outbound.plaintext_fallback => {
+            Err(AttemptError::Tls(e)) if config.outbound.plaintext_fallback => {
                 tracing::info!(event = "tls_failed", relay = %relay, error = %e, msg = "retrying without TLS");
                 match attempt(d, target, &envelope, message, false).await {
                     Ok(outcomes) => return outcomes,
@@ -166,7 +167,8 @@ async fn attempt(
     message: &[u8],
     use_tls: bool,
 ) -> Result<Vec<Outcome>, AttemptError> {
-    let outbound = &d.config.outbound;
+    let config = d.config();
+    let outbound = &config.outbound;
     let tcp = tokio::time::timeout(outbound.connect_timeout, TcpStream::connect(target.addr))
         .await
         .map_err(|_| AttemptError::Timeout("connecting"))?
@@ -175,7 +177,7 @@ async fn attempt(
     let mut conn = Outbound {
         stream: Some(Stream::Plain(tcp)),
         client: client::Client::new(ClientConfig {
-            helo_name: d.config.hostname.clone(),
+            helo_name: config.hostname.clone(),
             starttls: use_tls,
         }),
         timeout: outbound.timeout,

@@ -85,7 +85,7 @@ pub async fn serve(
                     let ctx = ctx.clone();
                     let alive = alive.clone();
                     tokio::spawn(async move {
-                        handle(&ctx, stream).await;
+                        handle(ctx, stream).await;
                         drop(alive);
                     });
                 }
@@ -103,10 +103,9 @@ pub async fn serve(
     }
 }
 
-async fn handle(ctx: &Context, mut stream: UnixStream) {
-    crate::metrics::connection_opened("local");
-    handle_submission(ctx, &mut stream).await;
-    crate::metrics::connection_closed("local");
+async fn handle(ctx: Arc<Context>, mut stream: UnixStream) {
+    let _counted = crate::server::connection::Counted::new(ctx.clone(), "local");
+    handle_submission(&ctx, &mut stream).await;
 }
 
 async fn handle_submission(ctx: &Context, stream: &mut UnixStream) {
@@ -117,7 +116,7 @@ async fn handle_submission(ctx: &Context, stream: &mut UnixStream) {
             return respond(stream, &r).await;
         }
     };
-    let max = ctx.config.limits.max_message_size;
+    let max = ctx.settings().config.limits.max_message_size;
     let received = tokio::time::timeout(READ_TIMEOUT, read_submission(stream, max)).await;
     let response = match received {
         Err(_) => Response::new(

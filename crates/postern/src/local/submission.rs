@@ -30,7 +30,8 @@ async fn queue_message(
     request: Request,
     raw: &[u8],
 ) -> Result<QueueId, Response> {
-    let config = &ctx.config;
+    let settings = ctx.settings();
+    let config = &settings.config;
     let sender = envelope_sender(&config.hostname, client, request.sender.as_deref())?;
     let mut message = Prepared::parse(raw)
         .map_err(|e| Response::new(exit::DATA_ERROR, format!("malformed message: {e}")))?;
@@ -47,7 +48,7 @@ async fn queue_message(
         ));
     }
     for rcpt in &rcpts {
-        let found = facts::recipient_facts(config, ctx.users.as_ref(), rcpt);
+        let found = facts::recipient_facts(config, settings.users.as_ref(), rcpt);
         let verdict = policy::check_recipient(Submitter::LocalUser(&client.user.name), rcpt, found);
         if !verdict.is_accepted() {
             log_refusal(client, &verdict, &sender, Some(rcpt));
@@ -94,7 +95,7 @@ async fn queue_message(
             ),
         ));
     }
-    let addresses = facts::delivery_addresses(config, ctx.users.as_ref(), &rcpts);
+    let addresses = facts::delivery_addresses(config, settings.users.as_ref(), &rcpts);
     let envelope = Envelope::new(
         queue_id.clone(),
         sender.to_string(),

@@ -43,6 +43,50 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
         }
     }
+
+    /// Why, in plain words, for `postern explain` and support staff.
+    pub fn explanation(self) -> &'static str {
+        match self {
+            Reason::Accepted => "the transaction would be accepted",
+            Reason::RelayDenied => {
+                "the recipient is at another domain, and only logged-in clients may send there; no IP address is trusted, not even 127.0.0.1"
+            }
+            Reason::AuthRequired => {
+                "this listener is for submission: clients must log in before MAIL FROM"
+            }
+            Reason::SenderMismatch => "a login may only send as its own address",
+            Reason::UnknownUser => "the recipient's domain is ours, but it has no such mailbox",
+            Reason::RoutedAddress => {
+                "the local part holds %, !, @ or quotes, which could route mail elsewhere; such addresses are never relayed or delivered"
+            }
+            Reason::LookupFailed => {
+                "the user database could not be read, so the answer is \"try again later\""
+            }
+            Reason::RateLimited => "the sender reached its hourly limit",
+        }
+    }
+
+    /// What would make it succeed.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Reason::Accepted => "",
+            Reason::RelayDenied => {
+                "log in with the mailbox address and password (STARTTLS, then AUTH; port 587), or use the local sendmail command"
+            }
+            Reason::AuthRequired => {
+                "use STARTTLS, then AUTH with the mailbox address and password, before MAIL FROM"
+            }
+            Reason::SenderMismatch => "use the login's own address in MAIL FROM (and From:)",
+            Reason::UnknownUser => {
+                "check the address, or create the mailbox with `postern user add`"
+            }
+            Reason::RoutedAddress => "send to the final address directly",
+            Reason::LookupFailed => "fix the passwd-file (see the server log for the error)",
+            Reason::RateLimited => {
+                "wait, or raise the limit in [limits] (login_messages_per_hour, uid_messages_per_hour)"
+            }
+        }
+    }
 }
 
 /// A policy decision: the reply to send and why.

@@ -55,6 +55,14 @@ impl QueueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// When the ID was made: its first 14 hex digits, microseconds since the Unix epoch.
+    /// `None` cannot happen for an ID from `parse` or `generate`; it stands in for a
+    /// panic.
+    pub fn created_at(&self) -> Option<SystemTime> {
+        let micros = u64::from_str_radix(self.0.get(..TIME_DIGITS)?, 16).ok()?;
+        UNIX_EPOCH.checked_add(std::time::Duration::from_micros(micros))
+    }
 }
 
 impl fmt::Display for QueueId {
@@ -102,6 +110,20 @@ mod tests {
         let second = QueueId::generate();
         assert!(first < second, "{first} should sort before {second}");
         assert!(first.as_str() < second.as_str());
+    }
+
+    #[test]
+    fn created_at_reads_the_time_part() {
+        let before = SystemTime::now() - std::time::Duration::from_millis(1);
+        let id = QueueId::generate();
+        let after = SystemTime::now() + std::time::Duration::from_millis(1);
+        let created = id.created_at().unwrap();
+        assert!(before <= created && created <= after, "{id}: {created:?}");
+        let fixed = QueueId::parse("0000000000000F0001").unwrap();
+        assert_eq!(
+            fixed.created_at(),
+            Some(UNIX_EPOCH + std::time::Duration::from_micros(15))
+        );
     }
 
     #[test]

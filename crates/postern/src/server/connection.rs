@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::Context;
+use super::{Context, Settings};
 use crate::auth::Verification;
 use crate::config::{Listener, Role};
 use crate::facts;
@@ -38,6 +38,8 @@ const MAX_ERRORS: usize = 10;
 
 pub struct Connection {
     ctx: Arc<Context>,
+    /// The settings when the connection started; a reload affects later connections.
+    settings: Arc<Settings>,
     listener: Listener,
     client: IpAddr,
     /// The Unix user owning the client socket, for loopback clients (attribution only).
@@ -60,11 +62,14 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let _counted = Counted::new(&listener.name);
+    let _counted = Counted::new(ctx.clone(), &listener.name);
+    let settings = ctx.settings();
     let owner = socket_owner(&tcp, peer).await;
     let implicit_tls = listener.role == Role::Submissions;
     let stream = if implicit_tls {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Stream::Plain(tcp).upgrade(&ctx.tls)).await {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Stream::Plain(tcp).upgrade(&settings.tls))
+            .await
+        {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return log_tls_failure(&listener, peer.ip(), &e.to_string()),
             Err(_) => return log_tls_failure(&listener, peer.ip(), "handshake timed out"),
@@ -73,15 +78,16 @@ pub async fn serve(
         Stream::Plain(tcp)
     };
     let session = Session::new(SessionConfig {
-        hostname: ctx.config.hostname.clone(),
-        max_message_size: ctx.config.limits.max_message_size,
-        max_recipients: ctx.config.limits.max_recipients,
+        hostname: settings.config.hostname.clone(),
+        max_message_size: settings.config.limits.max_message_size,
+        max_recipients: settings.config.limits.max_recipients,
         starttls_available: true,
         implicit_tls,
         max_errors: MAX_ERRORS,
     });
     let mut conn = Connection {
         ctx,
+        settings,
         listener,
         client: peer.ip(),
         owner,
@@ -97,19 +103,24 @@ pub async fn serve(
     }
 }
 
-/// Counts a connection in the metrics for as long as it lives.
-struct Counted(String);
+/// Counts a connection (metrics, `postern status`) for as long as it lives.
+pub struct Counted(Arc<Context>, String);
 
 impl Counted {
-    fn new(listener: &str) -> Counted {
+    pub fn new(ctx: Arc<Context>, listener: &str) -> Counted {
         metrics::connection_opened(listener);
-        Counted(listener.to_string())
+        ctx.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(ctx, listener.to_string())
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        metrics::connection_closed(&self.0);
+        metrics::connection_closed(&self.1);
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -169,7 +180,7 @@ impl Connection {
     /// left, timed out, or the server is shutting down.
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         loop {
-            let limits = &self.ctx.config.limits;
+            let limits = &self.settings.config.limits;
             let limit = Duration::from_secs(match self.session.wants() {
                 Wants::Data => limits.data_timeout,
                 Wants::Command | Wants::Answer => limits.command_timeout,
@@ -179,7 +190,7 @@ impl Connection {
             // the next command.
             if self.shutting_down && self.session.wants() == Wants::Command {
                 return self
-                    .close_with(Reply::shutting_down(&self.ctx.config.hostname))
+                    .close_with(Reply::shutting_down(&self.settings.config.hostname))
                     .await;
             }
             let Some(stream) = self.stream.as_mut() else {
@@ -203,7 +214,7 @@ impl Connection {
                 Ok(Err(e)) => Err(e),
                 Err(_) => {
                     tracing::info!(event = "timeout", listener = %self.listener.name, client = %self.client);
-                    self.close_with(Reply::timeout(&self.ctx.config.hostname))
+                    self.close_with(Reply::timeout(&self.settings.config.hostname))
                         .await
                 }
             };
@@ -224,7 +235,7 @@ impl Connection {
             return Ok(());
         };
         // A client that sends but never reads would otherwise hold this task forever.
-        let limit = Duration::from_secs(self.ctx.config.limits.command_timeout);
+        let limit = Duration::from_secs(self.settings.config.limits.command_timeout);
         let write = async {
             stream.write_all(&self.out).await?;
             stream.flush().await
@@ -259,7 +270,7 @@ impl Connection {
         let Some(stream) = self.stream.take() else {
             return Ok(());
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.upgrade(&self.ctx.tls)).await {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.upgrade(&self.settings.tls)).await {
             Ok(Ok(tls)) => {
                 self.stream = Some(tls);
                 self.session.handle_tls_established();
@@ -292,7 +303,11 @@ impl Connection {
                 self.session.handle_verdict(verdict.reply);
             }
             Question::Rcpt { from, to } => {
-                let facts = facts::recipient_facts(&self.ctx.config, self.ctx.users.as_ref(), &to);
+                let facts = facts::recipient_facts(
+                    &self.settings.config,
+                    self.settings.users.as_ref(),
+                    &to,
+                );
                 let submitter = policy::Submitter::from_login(self.session.login());
                 let verdict = policy::check_recipient(submitter, &to, facts);
                 self.log_verdict(&verdict, &from, Some(&to));
@@ -337,7 +352,7 @@ impl Connection {
 
     /// What this session's messages count against: its login and its socket owner.
     fn rate_keys(&self) -> Vec<(RateKey, u32, String)> {
-        let limits = &self.ctx.config.limits;
+        let limits = &self.settings.config.limits;
         let mut keys = Vec::new();
         if let Some(login) = self.session.login() {
             keys.push((
@@ -381,7 +396,7 @@ impl Connection {
         {
             return Err(self.auth_failure(&login, mechanism, Reply::authzid_mismatch()));
         }
-        let users = self.ctx.users.clone();
+        let users = self.settings.users.clone();
         let checked = tokio::task::spawn_blocking(move || {
             crate::auth::verify_padded(users.as_ref(), &credentials.login, &credentials.password)
         })
@@ -418,7 +433,7 @@ impl Connection {
             mechanism,
             uid = self.owner.as_ref().map(|o| o.uid),
         );
-        let limits = &self.ctx.config.limits;
+        let limits = &self.settings.config.limits;
         let block = Duration::from_secs(limits.auth_block_seconds);
         let key = self.failure_key();
         let reply = match self.ctx.auth_failures.record_failure(
@@ -443,7 +458,11 @@ impl Connection {
     async fn spool(&mut self, tx: Transaction) -> Result<String, Reply> {
         let queue_id = QueueId::generate();
         let prefix = self.added_headers(&tx, queue_id.as_str());
-        let rcpts = facts::delivery_addresses(&self.ctx.config, self.ctx.users.as_ref(), &tx.rcpts);
+        let rcpts = facts::delivery_addresses(
+            &self.settings.config,
+            self.settings.users.as_ref(),
+            &tx.rcpts,
+        );
         let size = (prefix.len() + tx.body.len()) as u64;
         let from = tx.from.to_string();
         let envelope = Envelope::new(
@@ -497,7 +516,7 @@ impl Connection {
         let trace = headers::SmtpTrace {
             helo: self.session.helo().unwrap_or("unknown"),
             client_ip: self.client,
-            hostname: &self.ctx.config.hostname,
+            hostname: &self.settings.config.hostname,
             esmtp: self.session.is_esmtp(),
             tls: self.session.is_tls(),
             authenticated: self.session.login().is_some(),
@@ -509,7 +528,7 @@ impl Connection {
         if self.session.login().is_some() {
             prefix.push_str(&headers::missing_submission_headers(
                 &tx.body,
-                &self.ctx.config.hostname,
+                &self.settings.config.hostname,
                 queue_id,
                 now,
             ));

@@ -1,7 +1,7 @@
 //! The control socket: how `postern queue flush|delete` act on the running server's
 //! queue without racing its deliveries.
 //!
-//! One line in (`flush`, `flush ID`, `delete ID`), one line out (`ok …` or
+//! One line in (`status`, `flush`, `flush ID`, `delete ID`), one line out (`ok …` or
 //! `error …`). The socket lives in `data_dir` with mode 0600, and the peer must be root
 //! or the server's own user.
 
@@ -75,6 +75,19 @@ async fn execute(ctx: &Context, line: &str) -> String {
     let (command, argument) = (words.next().unwrap_or(""), words.next());
     let id = argument.map(|a| QueueId::parse(a).ok_or(a));
     match (command, id) {
+        ("status", None) => {
+            let queue = ctx
+                .spool
+                .list()
+                .map_or_else(|e| format!("unknown ({e})"), |l| l.len().to_string());
+            format!(
+                "ok since={} pid={} connections={} queue={queue}",
+                ctx.started
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                std::process::id(),
+                ctx.active.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        }
         ("flush", None) => {
             ctx.delivery.flush(None);
             "ok flushing the whole queue".to_string()
@@ -88,6 +101,6 @@ async fn execute(ctx: &Context, line: &str) -> String {
             Err(e) => format!("error {e}"),
         },
         (_, Some(Err(bad))) => format!("error {bad:?} is not a queue ID"),
-        _ => "error unknown command; use flush [ID] or delete ID".to_string(),
+        _ => "error unknown command; use status, flush [ID] or delete ID".to_string(),
     }
 }

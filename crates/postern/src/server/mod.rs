@@ -13,7 +13,8 @@ pub mod control;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -27,17 +28,50 @@ use crate::delivery::dispatcher::Dispatcher;
 use crate::queue::Spool;
 use crate::ratelimit::RateLimiter;
 
-/// What every connection shares.
-pub struct Context {
+/// What a reload (SIGHUP) replaces: a connection keeps the settings it started with.
+pub struct Settings {
     pub config: Config,
     pub tls: TlsAcceptor,
     pub users: Arc<dyn Credentials>,
+}
+
+/// What every connection shares.
+pub struct Context {
+    settings: RwLock<Arc<Settings>>,
     pub spool: Spool,
     pub delivery: Dispatcher,
     /// Messages per hour per login and per Unix user.
     pub rates: RateLimiter,
     /// Failed logins per client.
     pub auth_failures: FailureGuard,
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// Connections open now (SMTP and local submission).
+    pub active: AtomicUsize,
+}
+
+impl Context {
+    pub fn new(settings: Settings, spool: Spool, delivery: Dispatcher) -> Context {
+        Context {
+            settings: RwLock::new(Arc::new(settings)),
+            spool,
+            delivery,
+            rates: RateLimiter::default(),
+            auth_failures: FailureGuard::default(),
+            started: chrono::Utc::now(),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

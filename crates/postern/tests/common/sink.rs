@@ -30,6 +30,8 @@ pub struct Script {
     pub silent: bool,
     /// Offer STARTTLS, say 220, then hang up instead of a handshake.
     pub broken_starttls: bool,
+    /// Wait this long before answering the final dot (a slow server).
+    pub data_delay: Duration,
     pub extensions: Vec<String>,
     /// The reply to each RCPT, by address.
     pub rcpt: RcptRule,
@@ -42,6 +44,7 @@ impl Default for Script {
         Script {
             silent: false,
             broken_starttls: false,
+            data_delay: Duration::ZERO,
             extensions: vec![
                 "PIPELINING".into(),
                 "8BITMIME".into(),

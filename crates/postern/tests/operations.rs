@@ -1,0 +1,134 @@
+//! Operating a running server: SIGHUP reloads, `postern status`.
+
+mod common;
+
+use common::{PASSWORD, PlainClient, Server, field, plain};
+
+fn reload_and_wait(server: &Server, event: &str) -> String {
+    let before = server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(event))
+        .count();
+    server.signal("HUP");
+    assert!(
+        common::wait_until(|| server
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains(event))
+            .count()
+            > before),
+        "no {event} after SIGHUP; log:\n{}",
+        server.log_text()
+    );
+    server
+        .log_lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains(event))
+        .unwrap_or_default()
+}
+
+#[test]
+fn reload_with_a_changed_password_keeps_open_sessions() {
+    let server = Server::start();
+    let mut open = PlainClient::connect(server.addr("submission")).starttls();
+    open.login("alice@example.com", PASSWORD);
+
+    let out = server.cli(
+        &["user", "passwd", "alice@example.com", "--password-stdin"],
+        Some("n3w-secret"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reload_and_wait(&server, "event=reloaded");
+
+    let mut fresh = PlainClient::connect(server.addr("submission")).starttls();
+    let old = plain(None, "alice@example.com", PASSWORD);
+    fresh.cmd(&format!("AUTH PLAIN {old}"), "535 5.7.8");
+    fresh.login("alice@example.com", "n3w-secret");
+
+    // The session that logged in before the reload is still logged in.
+    open.cmd("MAIL FROM:<alice@example.com>", "250");
+    open.cmd("RCPT TO:<bob@example.com>", "250");
+    open.cmd("DATA", "354");
+    open.cmd("Subject: still here\r\n\r\nx\r\n.", "250");
+    assert_eq!(server.wait_for_delivery("bob@example.com", 1).len(), 1);
+}
+
+#[test]
+fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
+    let server = Server::start();
+    let path = server.config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{good}\nthis is not toml =\n")).unwrap();
+    let line = reload_and_wait(&server, "event=reload_failed");
+    assert!(
+        field(&line, "error").unwrap().contains("postern.toml:"),
+        "{line}"
+    );
+
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<x@remote.test>", "250");
+    c.cmd("RCPT TO:<alice@example.com>", "250");
+    std::fs::write(&path, good).unwrap();
+}
+
+#[test]
+fn reloaded_settings_apply_to_new_sessions_only() {
+    let server = Server::start_with("[limits]\nmax_recipients = 2\n");
+    let mut before = PlainClient::connect(server.addr("mx"));
+    before.cmd("EHLO client.test", "250");
+
+    let path = server.config_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("max_recipients = 2", "max_recipients = 1");
+    std::fs::write(&path, text).unwrap();
+    reload_and_wait(&server, "event=reloaded");
+
+    let mut after = PlainClient::connect(server.addr("mx"));
+    after.cmd("EHLO client.test", "250");
+    after.cmd("MAIL FROM:<x@remote.test>", "250");
+    after.cmd("RCPT TO:<alice@example.com>", "250");
+    after.cmd("RCPT TO:<bob@example.com>", "452 4.5.3");
+
+    before.cmd("MAIL FROM:<x@remote.test>", "250");
+    before.cmd("RCPT TO:<alice@example.com>", "250");
+    before.cmd("RCPT TO:<bob@example.com>", "250");
+}
+
+#[test]
+fn a_listener_change_says_it_needs_a_restart() {
+    let server = Server::start();
+    let path = server.config_path();
+    let text =
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replacen("name = \"mx\"", "name = \"inbound\"", 1);
+    std::fs::write(&path, text).unwrap();
+    let line = reload_and_wait(&server, "event=reload_needs_restart");
+    assert_eq!(field(&line, "key").as_deref(), Some("listener"));
+}
+
+#[test]
+fn status_reports_a_running_server_and_a_stopped_one() {
+    let mut server = Server::start();
+    let _open = PlainClient::connect(server.addr("mx"));
+    assert!(common::wait_until(|| {
+        String::from_utf8_lossy(&server.cli(&["status"], None).stdout).contains("connections: 1")
+    }));
+    let out = server.cli(&["status"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("postern is running (pid "), "{text}");
+    assert!(text.contains("queue: 0 messages"), "{text}");
+    server.terminate();
+    let out = server.cli(&["status"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("postern is not running"));
+}
