@@ -192,6 +192,12 @@ pub struct Limits {
     pub command_timeout: u64,
     /// Seconds to wait for each block of DATA (RFC 5321 §4.5.3.2.5: 180).
     pub data_timeout: u64,
+    /// Open connections at once, over all listeners.
+    pub max_connections: usize,
+    /// Open connections from one client (an IP, or on loopback a Unix user).
+    pub max_connections_per_client: usize,
+    /// New connections per minute from one client; 0 = no limit.
+    pub connections_per_minute_per_client: u32,
 }
 
 impl Default for Limits {
@@ -205,6 +211,10 @@ impl Default for Limits {
             auth_block_seconds: 600,
             command_timeout: 300,
             data_timeout: 180,
+            max_connections: 1000,
+            // Postfix's smtpd_client_connection_count_limit.
+            max_connections_per_client: 50,
+            connections_per_minute_per_client: 0,
         }
     }
 }
@@ -584,6 +594,11 @@ fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
         ("max_recipients", limits.max_recipients as u64),
         ("command_timeout", limits.command_timeout),
         ("data_timeout", limits.data_timeout),
+        ("max_connections", limits.max_connections as u64),
+        (
+            "max_connections_per_client",
+            limits.max_connections_per_client as u64,
+        ),
     ] {
         if value == 0 {
             return Err(invalid(key, format!("limits.{key} must be at least 1")));

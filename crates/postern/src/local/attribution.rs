@@ -162,6 +162,57 @@ pub fn loopback_owner(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     if !peer.ip().is_loopback() {
         return None;
     }
+    sock_diag_owner(peer, local).or_else(|| proc_net_owner(peer, local))
+}
+
+/// Asks the kernel for exactly one socket (NETLINK_SOCK_DIAG, as `ss -e` does): its
+/// cost does not grow with the number of sockets on the host, unlike reading the
+/// whole /proc/net/tcp table.
+fn sock_diag_owner(local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+    use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_sock_diag::SockDiagMessage;
+    use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+    use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+    use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+
+    let mut socket = netlink_sys::Socket::new(NETLINK_SOCK_DIAG).ok()?;
+    socket.bind_auto().ok()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0)).ok()?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let request = InetRequest {
+        family: if local.is_ipv4() { AF_INET } else { AF_INET6 },
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::all(),
+        socket_id: SocketId {
+            source_port: local.port(),
+            destination_port: remote.port(),
+            source_address: local.ip(),
+            destination_address: remote.ip(),
+            interface_id: 0,
+            // All ones: "no cookie", look the socket up by its addresses.
+            cookie: [0xff; 8],
+        },
+    };
+    let mut packet = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+    packet.finalize();
+    let mut out = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut out[..]);
+    socket.send(&out, 0).ok()?;
+    let mut answer = vec![0u8; 8192];
+    let n = socket.recv(&mut &mut answer[..], 0).ok()?;
+    let message = NetlinkMessage::<SockDiagMessage>::deserialize(answer.get(..n)?).ok()?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+            Some(response.header.uid)
+        }
+        _ => None,
+    }
+}
+
+/// The same answer from the /proc/net/tcp{,6} table, where netlink is not allowed.
+fn proc_net_owner(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     let table = match peer.ip() {
         IpAddr::V4(_) => "/proc/net/tcp",
         IpAddr::V6(_) => "/proc/net/tcp6",
@@ -260,6 +311,19 @@ mod tests {
         assert!(!me.cmd.is_empty());
         assert!(me.ppid.is_some());
         assert_eq!(parse_ppid("Name:\tx\nPPid:\t42\n"), Some(42));
+    }
+
+    #[test]
+    fn netlink_and_the_proc_table_agree() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        let local = listener.local_addr().unwrap();
+        let me = Some(nix::unistd::getuid().as_raw());
+        assert_eq!(sock_diag_owner(peer, local), me);
+        assert_eq!(proc_net_owner(peer, local), me);
+        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(sock_diag_owner(nobody, local), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::admission::Refusal;
 use super::{Context, Settings};
 use crate::auth::Verification;
 use crate::config::{Listener, Role};
@@ -65,6 +66,16 @@ pub async fn serve(
     let _counted = Counted::new(ctx.clone(), &listener.name);
     let settings = ctx.settings();
     let owner = socket_owner(&tcp, peer).await;
+    let client_key = owner
+        .as_ref()
+        .map_or_else(|| peer.ip().to_string(), |o| format!("uid:{}", o.uid));
+    let _ticket = match ctx
+        .admission
+        .admit(&client_key, &settings.config.limits, Instant::now())
+    {
+        Ok(ticket) => ticket,
+        Err(refusal) => return turn_away(tcp, &listener, peer.ip(), &client_key, refusal).await,
+    };
     let implicit_tls = listener.role == Role::Submissions;
     let stream = if implicit_tls {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, Stream::Plain(tcp).upgrade(&settings.tls))
@@ -122,6 +133,24 @@ impl Drop for Counted {
             .active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Says `421` and closes, without TLS (even on `submissions`: the refusal is no secret
+/// and a handshake would cost what the limit is there to save).
+async fn turn_away(
+    mut tcp: TcpStream,
+    listener: &Listener,
+    client: IpAddr,
+    key: &str,
+    refusal: Refusal,
+) {
+    metrics::message_rejected(refusal.reason());
+    tracing::info!(event = "rejected", listener = %listener.name, client = %client, reason = refusal.reason(), key = %key);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tcp.write_all(&Reply::too_many_connections().to_bytes()),
+    )
+    .await;
 }
 
 /// Who owns the client socket of a loopback connection, when the kernel says.

@@ -8,6 +8,7 @@
 //! Listeners face the Internet. No client address is trusted (loopback included);
 //! passwords are accepted only inside TLS; every refusal is logged with the client IP.
 
+pub mod admission;
 pub mod connection;
 pub mod control;
 pub mod tls;
@@ -47,6 +48,8 @@ pub struct Context {
     pub started: chrono::DateTime<chrono::Utc>,
     /// Connections open now (SMTP and local submission).
     pub active: AtomicUsize,
+    /// Connection limits, total and per client.
+    pub admission: Arc<admission::Admission>,
 }
 
 impl Context {
@@ -59,6 +62,7 @@ impl Context {
             auth_failures: FailureGuard::default(),
             started: chrono::Utc::now(),
             active: AtomicUsize::new(0),
+            admission: Arc::default(),
         }
     }
 
