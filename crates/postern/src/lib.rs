@@ -16,6 +16,7 @@ pub mod headers;
 pub mod local;
 pub mod logfmt;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod queue;
 pub mod ratelimit;

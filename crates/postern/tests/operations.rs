@@ -132,3 +132,30 @@ fn status_reports_a_running_server_and_a_stopped_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("postern is not running"));
 }
+
+#[test]
+fn systemd_is_told_when_the_server_is_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut server = Server::start_setup(common::Setup {
+        env: vec![("NOTIFY_SOCKET".into(), path.display().to_string())],
+        ..Default::default()
+    });
+    let mut next = || {
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    // READY comes after the listeners: a client can connect at once.
+    PlainClient::connect(server.addr("mx"));
+    server.signal("HUP");
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    server.terminate();
+    assert_eq!(next(), "STOPPING=1");
+}

@@ -111,6 +111,7 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
         users,
     };
     tokio::spawn(signals.handle(stop, reloader));
+    crate::notify::notify("READY=1");
     server::run(ctx, bound, local, control_socket, stopped, SHUTDOWN_GRACE).await;
     if tokio::time::timeout(SHUTDOWN_GRACE, delivery_task)
         .await
@@ -163,9 +164,14 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => reloader.reload(),
+                _ = self.hup.recv() => {
+                    crate::notify::notify("RELOADING=1");
+                    reloader.reload();
+                    crate::notify::notify("READY=1");
+                }
             }
         }
+        crate::notify::notify("STOPPING=1");
         tracing::info!(
             event = "stopping",
             msg = "no new connections; open sessions end at their next command"

@@ -33,6 +33,8 @@ pub struct Setup {
     pub delivery: String,
     /// More TOML after the standard configuration (other tables).
     pub extra: String,
+    /// Environment variables for `postern serve`.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Server {
@@ -167,6 +169,7 @@ socket = "{d}/run/submit.sock"
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(self.config_path())
+            .envs(self.setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
