@@ -145,7 +145,7 @@ fn systemd_is_told_when_the_server_is_ready_reloading_and_stopping() {
         env: vec![("NOTIFY_SOCKET".into(), path.display().to_string())],
         ..Default::default()
     });
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[..n]).into_owned()

@@ -224,6 +224,14 @@ impl Reply {
         )
     }
 
+    pub fn too_many_connections() -> Reply {
+        Reply::new(
+            421,
+            Enhanced(4, 7, 0),
+            "Too many connections from your address; close some and try again later",
+        )
+    }
+
     pub fn timeout(hostname: &str) -> Reply {
         Reply::new(
             421,

@@ -325,12 +325,7 @@ impl Session {
                 _ => match self.take_line() {
                     None => return,
                     Some(Ok(line)) => self.handle_line(&line),
-                    Some(Err(LineError::TooLong(limit))) => {
-                        self.protocol_error(Reply::line_too_long(limit))
-                    }
-                    Some(Err(LineError::BareLineEnding)) => {
-                        self.protocol_error(Reply::bare_line_feed_in_command())
-                    }
+                    Some(Err(error)) => self.line_error(error),
                 },
             }
         }
@@ -384,6 +379,18 @@ impl Session {
             return Some(Err(LineError::BareLineEnding));
         }
         Some(Ok(line.to_vec()))
+    }
+
+    /// A line that could not be read ends any SASL exchange in progress: its content
+    /// is unknown, and the next line must not be taken for a SASL response.
+    fn line_error(&mut self, error: LineError) {
+        if matches!(self.phase, Phase::Sasl(_)) {
+            self.phase = Phase::AwaitingMail;
+        }
+        match error {
+            LineError::TooLong(limit) => self.protocol_error(Reply::line_too_long(limit)),
+            LineError::BareLineEnding => self.protocol_error(Reply::bare_line_feed_in_command()),
+        }
     }
 
     fn handle_line(&mut self, line: &[u8]) {

@@ -394,3 +394,17 @@ fn the_login_is_the_canonical_one_from_the_answer() {
     );
     assert_eq!(d.session.login(), Some("u@example.com"));
 }
+
+#[test]
+fn an_over_long_sasl_response_ends_the_exchange() {
+    let mut c = config();
+    c.implicit_tls = true;
+    let huge = "QUFB".repeat(4000);
+    transcript_with(
+        c,
+        &format!("EHLO c\r\nAUTH PLAIN\r\n{huge}\r\nAUTH PLAIN AHVAZXhhbXBsZS5jb20Ac2VjcmV0\r\n"),
+        &format!(
+            "{GREETING}{EHLO_TLS}334 \r\n500 5.5.2 Line too long: a command line may have at most 12288 octets\r\n235 2.7.0 Authentication successful\r\n"
+        ),
+    );
+}
