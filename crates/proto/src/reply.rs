@@ -421,12 +421,12 @@ impl Reply {
         )
     }
 
-    pub fn rate_limited(who: &str, limit: u32, minutes: u64) -> Reply {
+    pub fn rate_limited(who: &str, limit: u32, what: &str, minutes: u64) -> Reply {
         Reply::new(
             450,
             Enhanced(4, 7, 1),
             format!(
-                "Sending limit reached: {who} may send {limit} messages per hour; try again in {minutes} minutes"
+                "Sending limit reached: {who} may send {limit} {what} per hour; try again in {minutes} minutes"
             ),
         )
     }

@@ -40,9 +40,6 @@ impl FailureGuard {
         block: Duration,
         now: Instant,
     ) -> Option<Duration> {
-        if limit == 0 {
-            return None;
-        }
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.retain(|_, f| {
             now.saturating_duration_since(f.first) < block
@@ -54,11 +51,17 @@ impl FailureGuard {
             blocked_until: None,
         });
         entry.count += 1;
-        if entry.count >= limit && entry.blocked_until.is_none_or(|u| u <= now) {
+        if limit > 0 && entry.count >= limit && entry.blocked_until.is_none_or(|u| u <= now) {
             entry.blocked_until = Some(now + block);
             return Some(block);
         }
         None
+    }
+
+    /// Failed logins counted for `client` now.
+    pub fn count(&self, client: &str) -> u32 {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.get(client).map_or(0, |f| f.count)
     }
 
     /// A successful login clears the client's failures.

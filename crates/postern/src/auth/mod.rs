@@ -58,6 +58,36 @@ pub enum AuthError {
 pub struct Account {
     /// The lower-case canonical address from the passwd-file.
     pub login: String,
+    /// Per-account sending limits from the passwd-file's extra fields, overriding
+    /// `[limits]` for this login.
+    pub limits: AccountLimits,
+}
+
+/// `postern_messages_per_hour=N` and `postern_recipients_per_hour=N` in the extra-fields
+/// column of a passwd-file line (Dovecot ignores fields it does not know).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountLimits {
+    pub messages_per_hour: Option<u32>,
+    pub recipients_per_hour: Option<u32>,
+}
+
+impl AccountLimits {
+    /// Reads the extra fields (space-separated `key=value`); unknown keys are Dovecot's.
+    pub fn from_extra_fields(extra: &str) -> AccountLimits {
+        let mut limits = AccountLimits::default();
+        for field in extra.split_whitespace() {
+            let Some((key, value)) = field.split_once('=') else {
+                continue;
+            };
+            let value = value.parse().ok();
+            match key {
+                "postern_messages_per_hour" => limits.messages_per_hour = value,
+                "postern_recipients_per_hour" => limits.recipients_per_hour = value,
+                _ => {}
+            }
+        }
+        limits
+    }
 }
 
 /// A source of accounts and passwords.

@@ -174,6 +174,7 @@ impl Credentials for PasswdFile {
         let users = self.users()?;
         let account = users.get(&canonical(address)).map(|user| Account {
             login: user.login.clone(),
+            limits: user.limits,
         });
         Ok(account)
     }
@@ -259,6 +260,7 @@ struct User {
     /// The canonical (lower-case) login.
     login: String,
     hash: String,
+    limits: super::AccountLimits,
 }
 
 /// What a stat of the passwd-file showed.
@@ -364,9 +366,17 @@ fn index(text: &str, path: &Path) -> Result<Users, PasswdError> {
         .into_iter()
         .map(|line| {
             let login = canonical(&line.entry.login);
+            // Fields after the hash: uid, gid, gecos, home, shell, extra fields.
+            let extra = line
+                .entry
+                .rest
+                .get(5..)
+                .map(|f| f.join(":"))
+                .unwrap_or_default();
             let user = User {
                 login: login.clone(),
                 hash: line.entry.hash,
+                limits: super::AccountLimits::from_extra_fields(&extra),
             };
             (login, user)
         })
@@ -646,6 +656,23 @@ mod tests {
     }
 
     #[test]
+    fn per_account_limits_come_from_the_extra_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        fs::write(
+            &path,
+            "big@example.com:{PLAIN}x:::::: postern_messages_per_hour=500 userdb_quota_rule=*:storage=1G\nsmall@example.com:{PLAIN}x\n",
+        )
+        .unwrap();
+        let users = PasswdFile::new(&path);
+        let big = users.lookup("big@example.com").unwrap().unwrap();
+        assert_eq!(big.limits.messages_per_hour, Some(500));
+        assert_eq!(big.limits.recipients_per_hour, None);
+        let small = users.lookup("small@example.com").unwrap().unwrap();
+        assert_eq!(small.limits, super::super::AccountLimits::default());
+    }
+
+    #[test]
     fn parses_accounts_comments_blank_lines_and_extra_fields() {
         let text = "# accounts\n\
                     \n\
@@ -726,7 +753,8 @@ mod tests {
         assert_eq!(
             account,
             Some(Account {
-                login: "alice@example.com".into()
+                login: "alice@example.com".into(),
+                limits: Default::default(),
             })
         );
         assert_eq!(backend.lookup("bob@example.com").unwrap(), None);

@@ -13,7 +13,7 @@ use crate::facts;
 use crate::headers;
 use crate::policy::{self, Reason, Submitter, Verdict};
 use crate::queue::{Envelope, Origin, QueueId};
-use crate::ratelimit::RateKey;
+use crate::ratelimit::{self, Measure};
 use crate::server::Context;
 
 /// Queues a locally submitted message, or says why not (with the sysexits code).
@@ -55,13 +55,24 @@ async fn queue_message(
             return Err(refusal(&verdict));
         }
     }
-    let uid_limit = config.limits.uid_messages_per_hour;
-    let rate_key = RateKey::Uid(client.user.uid);
-    if let Err(wait) = ctx.rates.check(&rate_key, uid_limit, Instant::now()) {
-        let who = format!("uid {} ({})", client.user.uid, client.user.name);
-        let verdict = policy::rate_limited(&who, uid_limit, wait);
-        log_refusal(client, &verdict, &sender, None);
-        return Err(refusal(&verdict));
+    let budgets = ratelimit::budgets(
+        &config.limits,
+        None,
+        Some((client.user.uid, &client.user.name)),
+        None,
+    );
+    for (measure, count, what) in [
+        (Measure::Messages, 1, "messages"),
+        (Measure::Recipients, rcpts.len() as u32, "recipients"),
+    ] {
+        if let Err((budget, wait)) = ctx
+            .rates
+            .check_all(&budgets, measure, count, Instant::now())
+        {
+            let verdict = policy::rate_limited(&budget.who, budget.limit(measure), what, wait);
+            log_refusal(client, &verdict, &sender, None);
+            return Err(refusal(&verdict));
+        }
     }
 
     let queue_id = QueueId::generate();
@@ -120,7 +131,8 @@ async fn queue_message(
     }
     log_accepted(client, &envelope, script.as_deref());
     crate::metrics::message_accepted("local");
-    ctx.rates.record(rate_key, uid_limit, Instant::now());
+    ctx.rates
+        .record_message(&budgets, envelope.recipients.len() as u32, Instant::now());
     ctx.delivery.notify(queue_id.clone());
     Ok(queue_id)
 }
@@ -330,7 +342,8 @@ mod tests {
             reason: Reason::UnknownUser,
         };
         assert_eq!(refusal(&unknown).exit, exit::NO_USER);
-        let limited = policy::rate_limited("uid 1", 1, std::time::Duration::from_secs(60));
+        let limited =
+            policy::rate_limited("uid 1", 1, "messages", std::time::Duration::from_secs(60));
         assert_eq!(refusal(&limited).exit, exit::TEMPORARY);
     }
 }

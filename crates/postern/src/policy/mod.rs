@@ -204,11 +204,12 @@ pub fn check_recipient(
     Verdict::refuse(Reply::relay_denied(), Reason::RelayDenied)
 }
 
-/// The sender has reached its hourly limit; `wait` is when the next message fits.
-pub fn rate_limited(who: &str, limit: u32, wait: std::time::Duration) -> Verdict {
+/// The sender has reached an hourly limit of `what` ("messages", "recipients");
+/// `wait` is when the next send fits.
+pub fn rate_limited(who: &str, limit: u32, what: &str, wait: std::time::Duration) -> Verdict {
     let minutes = wait.as_secs().div_ceil(60).max(1);
     Verdict::refuse(
-        Reply::rate_limited(who, limit, minutes),
+        Reply::rate_limited(who, limit, what, minutes),
         Reason::RateLimited,
     )
 }
@@ -289,7 +290,12 @@ mod tests {
 
     #[test]
     fn rate_limit_verdict_is_temporary_and_says_when() {
-        let v = rate_limited("uid 1001 (www)", 50, std::time::Duration::from_secs(125));
+        let v = rate_limited(
+            "uid 1001 (www)",
+            50,
+            "messages",
+            std::time::Duration::from_secs(125),
+        );
         assert_eq!(v.reason, Reason::RateLimited);
         assert_eq!(
             (v.reply.code, v.reply.enhanced.map(|e| e.to_string())),

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::admission::Refusal;
 use super::{Context, Settings};
-use crate::auth::Verification;
+use crate::auth::{AccountLimits, Verification};
 use crate::config::{Listener, Role};
 use crate::facts;
 use crate::headers;
@@ -29,7 +29,7 @@ use crate::local::attribution::{UnixUser, loopback_owner};
 use crate::metrics;
 use crate::policy::{self, Verdict};
 use crate::queue::{Envelope, Origin, QueueId};
-use crate::ratelimit::RateKey;
+use crate::ratelimit::{self, Budget, Measure};
 use crate::stream::Stream;
 
 /// A TLS handshake that takes longer is a stalled or hostile client.
@@ -45,6 +45,10 @@ pub struct Connection {
     client: IpAddr,
     /// The Unix user owning the client socket, for loopback clients (attribution only).
     owner: Option<UnixUser>,
+    /// The logged-in account's own sending limits (passwd-file extra fields).
+    account_limits: AccountLimits,
+    /// Recipients accepted so far in the open transaction.
+    tx_recipients: u32,
     stream: Option<Stream>,
     session: Session,
     out: Vec<u8>,
@@ -102,6 +106,8 @@ pub async fn serve(
         listener,
         client: peer.ip(),
         owner,
+        account_limits: AccountLimits::default(),
+        tx_recipients: 0,
         stream: Some(stream),
         session,
         out: Vec::new(),
@@ -324,9 +330,12 @@ impl Connection {
                 let mut verdict =
                     policy::check_sender(self.listener.role, self.session.login(), &from);
                 if verdict.is_accepted()
-                    && let Some(limited) = self.rate_limit()
+                    && let Some(limited) = self.rate_limit(Measure::Messages, 1)
                 {
                     verdict = limited;
+                }
+                if verdict.is_accepted() {
+                    self.tx_recipients = 0;
                 }
                 self.log_verdict(&verdict, &from, None);
                 self.session.handle_verdict(verdict.reply);
@@ -338,7 +347,16 @@ impl Connection {
                     &to,
                 );
                 let submitter = policy::Submitter::from_login(self.session.login());
-                let verdict = policy::check_recipient(submitter, &to, facts);
+                let mut verdict = policy::check_recipient(submitter, &to, facts);
+                if verdict.is_accepted()
+                    && let Some(limited) =
+                        self.rate_limit(Measure::Recipients, self.tx_recipients + 1)
+                {
+                    verdict = limited;
+                }
+                if verdict.is_accepted() {
+                    self.tx_recipients += 1;
+                }
                 self.log_verdict(&verdict, &from, Some(&to));
                 self.session.handle_verdict(verdict.reply);
             }
@@ -368,36 +386,33 @@ impl Connection {
         self.logged_refusal = Some(verdict.reply.clone());
     }
 
-    /// The hourly limits of the login and of the attributed Unix user.
-    fn rate_limit(&self) -> Option<Verdict> {
-        let now = Instant::now();
-        for (key, limit, who) in self.rate_keys() {
-            if let Err(wait) = self.ctx.rates.check(&key, limit, now) {
-                return Some(policy::rate_limited(&who, limit, wait));
-            }
-        }
-        None
+    /// The hourly budgets this session's mail counts against.
+    fn budgets(&self) -> Vec<Budget> {
+        ratelimit::budgets(
+            &self.settings.config.limits,
+            self.session.login().map(|l| (l, self.account_limits)),
+            self.owner.as_ref().map(|o| (o.uid, o.name.as_str())),
+            Some(self.client),
+        )
     }
 
-    /// What this session's messages count against: its login and its socket owner.
-    fn rate_keys(&self) -> Vec<(RateKey, u32, String)> {
-        let limits = &self.settings.config.limits;
-        let mut keys = Vec::new();
-        if let Some(login) = self.session.login() {
-            keys.push((
-                RateKey::Login(login.to_lowercase()),
-                limits.login_messages_per_hour,
-                format!("login {login}"),
-            ));
-        }
-        if let Some(owner) = &self.owner {
-            keys.push((
-                RateKey::Uid(owner.uid),
-                limits.uid_messages_per_hour,
-                format!("uid {} ({})", owner.uid, owner.name),
-            ));
-        }
-        keys
+    /// Over an hourly limit of messages (`count` 1 at MAIL) or recipients?
+    fn rate_limit(&self, measure: Measure, count: u32) -> Option<Verdict> {
+        let (budget, wait) = self
+            .ctx
+            .rates
+            .check_all(&self.budgets(), measure, count, Instant::now())
+            .err()?;
+        let what = match measure {
+            Measure::Messages => "messages",
+            Measure::Recipients => "recipients",
+        };
+        Some(policy::rate_limited(
+            &budget.who,
+            budget.limit(measure),
+            what,
+            wait,
+        ))
     }
 
     /// The key failed logins are counted under: the attributed Unix user on loopback
@@ -423,7 +438,9 @@ impl Connection {
         if let Some(authzid) = &credentials.authzid
             && !authzid.eq_ignore_ascii_case(&credentials.login)
         {
-            return Err(self.auth_failure(&login, mechanism, Reply::authzid_mismatch()));
+            return Err(self
+                .auth_failure(&login, mechanism, Reply::authzid_mismatch())
+                .await);
         }
         let users = self.settings.users.clone();
         let checked = tokio::task::spawn_blocking(move || {
@@ -433,12 +450,15 @@ impl Connection {
         match checked {
             Ok(Ok(Verification::Accepted)) => {
                 self.ctx.auth_failures.record_success(&key);
+                if let Ok(Some(account)) = self.settings.users.lookup(&login) {
+                    self.account_limits = account.limits;
+                }
                 tracing::info!(event = "auth", listener = %self.listener.name, client = %self.client, user = %login, mechanism);
                 Ok(login)
             }
-            Ok(Ok(Verification::Rejected)) => {
-                Err(self.auth_failure(&login, mechanism, Reply::auth_failed()))
-            }
+            Ok(Ok(Verification::Rejected)) => Err(self
+                .auth_failure(&login, mechanism, Reply::auth_failed())
+                .await),
             Ok(Err(e)) => {
                 tracing::warn!(event = "auth_unavailable", client = %self.client, user = %login, error = %e);
                 Err(Reply::auth_temporary_failure())
@@ -451,9 +471,21 @@ impl Connection {
     }
 
     /// Logs a failed login (fail2ban reads these lines), counts it against the client,
-    /// and returns the reply: `421` when this failure starts a block.
-    fn auth_failure(&mut self, login: &str, mechanism: &str, reply: Reply) -> Reply {
+    /// waits longer for each failure in a row (a tarpit for password guessing), and
+    /// returns the reply: `421` when this failure starts a block.
+    async fn auth_failure(&mut self, login: &str, mechanism: &str, reply: Reply) -> Reply {
         metrics::auth_failed(&self.listener.name);
+        let limits = &self.settings.config.limits;
+        let block = Duration::from_secs(limits.auth_block_seconds);
+        let key = self.failure_key();
+        let failures = &self.ctx.auth_failures;
+        let blocked = failures.record_failure(
+            &key,
+            limits.auth_failures_before_block,
+            block,
+            Instant::now(),
+        );
+        let delay = tarpit(failures.count(&key));
         tracing::info!(
             event = "auth_failed",
             listener = %self.listener.name,
@@ -461,22 +493,16 @@ impl Connection {
             user = %login,
             mechanism,
             uid = self.owner.as_ref().map(|o| o.uid),
+            delay_ms = delay.as_millis() as u64,
         );
-        let limits = &self.settings.config.limits;
-        let block = Duration::from_secs(limits.auth_block_seconds);
-        let key = self.failure_key();
-        let reply = match self.ctx.auth_failures.record_failure(
-            &key,
-            limits.auth_failures_before_block,
-            block,
-            Instant::now(),
-        ) {
+        let reply = match blocked {
             Some(block) => {
                 tracing::warn!(event = "auth_blocked", client = %self.client, key = %key, seconds = block.as_secs());
                 Reply::auth_blocked(block.as_secs().div_ceil(60).max(1))
             }
             None => reply,
         };
+        tokio::time::sleep(delay).await;
         self.logged_refusal = Some(reply.clone());
         reply
     }
@@ -528,10 +554,10 @@ impl Connection {
             user = self.owner.as_ref().map(|o| o.name.as_str()),
         );
         metrics::message_accepted("smtp");
-        let now = Instant::now();
-        for (key, limit, _) in self.rate_keys() {
-            self.ctx.rates.record(key, limit, now);
-        }
+        let count = envelope.recipients.len() as u32;
+        self.ctx
+            .rates
+            .record_message(&self.budgets(), count, Instant::now());
         self.ctx.delivery.notify(queue_id.clone());
         Ok(queue_id.to_string())
     }
@@ -564,6 +590,12 @@ impl Connection {
         }
         prefix
     }
+}
+
+/// Half a second more for each failed login in a row from one client, at most four:
+/// nothing for a single typo, slow for a guessing script.
+fn tarpit(failures: u32) -> Duration {
+    Duration::from_millis(500 * u64::from(failures.saturating_sub(1).min(8)))
 }
 
 /// The `reason=` for a refusal the protocol session made on its own.
