@@ -65,11 +65,7 @@ fn the_recipient_limit_refuses_the_recipient_that_goes_over() {
     let replies = send_one(
         &server,
         "alice@example.com",
-        &[
-            "bob@example.com",
-            "alice@example.com",
-            "carol@remote.test",
-        ],
+        &["bob@example.com", "alice@example.com", "carol@remote.test"],
     );
     assert!(
         replies[1].starts_with("250") && replies[2].starts_with("250"),

@@ -435,7 +435,7 @@ pub fn available(test: &str, requirements: &[(&str, Option<PathBuf>)]) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!(
             "{test}: {missing} not installed, and CI is set, so this test may not be skipped \
-             (apt-get install -y php-cli libphp-phpmailer curl python3)"
+             (apt-get install -y php-cli libphp-phpmailer curl python3 fail2ban)"
         );
     }
     // Straight to stderr, past libtest's output capture, so the skip is always seen.
