@@ -298,7 +298,17 @@ fn quoted_string_end(s: &str) -> Option<usize> {
 }
 
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || is_visible_non_ascii(c)
+}
+
+/// Non-ASCII allowed in addresses (RFC 6531 UTF8-non-ascii), minus what could hide or
+/// disguise text in logs and headers: controls, spaces, bidirectional overrides,
+/// invisible format characters and the replacement character.
+fn is_visible_non_ascii(c: char) -> bool {
+    !c.is_ascii()
+        && !c.is_control()
+        && !c.is_whitespace()
+        && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFD}')
 }
 
 fn is_dot_string(s: &str) -> bool {
@@ -314,20 +324,23 @@ fn parse_domain_name(s: &str) -> Result<String, AddressError> {
     if s.ends_with('.') {
         return Err(AddressError::TrailingDot);
     }
-    if s.len() > MAX_DOMAIN {
+    // Lower case first: some characters grow when lowered (İ is 2 bytes, i̇ is 3), and
+    // the limits must hold for the form that is kept and rendered.
+    let lower = s.to_lowercase();
+    if lower.len() > MAX_DOMAIN {
         return Err(AddressError::TooLong);
     }
-    for label in s.split('.') {
+    for label in lower.split('.') {
         if !is_label(label) {
             return Err(AddressError::BadDomain);
         }
     }
-    Ok(s.to_lowercase())
+    Ok(lower)
 }
 
 /// `Let-dig [Ldh-str]`, at most 63 octets; U-labels (non-ASCII) allowed for SMTPUTF8.
 fn is_label(label: &str) -> bool {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii();
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || is_visible_non_ascii(c);
     !label.is_empty()
         && label.len() <= 63
         && !label.starts_with('-')
@@ -478,6 +491,32 @@ mod tests {
         let m = mailbox("jörg@bücher.example");
         assert!(!m.is_ascii());
         assert!(mailbox("jorg@example.com").is_ascii());
+    }
+
+    #[test]
+    fn characters_that_grow_when_lowered_are_measured_after_lowering() {
+        let label = "İ".repeat(31);
+        assert_eq!(
+            Mailbox::parse(&format!("a@{label}.example")),
+            Err(AddressError::BadDomain)
+        );
+        let ok = "İ".repeat(20);
+        let m = Mailbox::parse(&format!("a@{ok}.example")).unwrap();
+        assert_eq!(Mailbox::parse(&m.to_string()).unwrap(), m);
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_refused() {
+        for bad in [
+            "a\u{85}b@example.com",
+            "a\u{202E}b@example.com",
+            "ab@exa\u{200B}mple.com",
+            "a\u{A0}b@example.com",
+            "a@b\u{2028}c.com",
+        ] {
+            assert!(Mailbox::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Mailbox::parse("jörg@bücher.example").is_ok());
     }
 
     #[test]

@@ -436,6 +436,11 @@ fn parse_line(line: &str) -> Result<Option<Entry>, String> {
     if hash.is_empty() {
         return Err(format!("empty password hash for {login:?}"));
     }
+    if hash.chars().any(char::is_control) {
+        return Err(format!(
+            "the password hash of {login:?} contains a control character (a stray CR? save the file with LF line endings)"
+        ));
+    }
     Ok(Some(Entry {
         login: login.to_owned(),
         hash: hash.to_owned(),
@@ -453,6 +458,10 @@ fn bad_login_char(login: &str) -> Option<&'static str> {
     }
     if login.contains(':') {
         return Some("contains ':'");
+    }
+    // A login is also a Maildir path component (%n, %u).
+    if login.contains('/') {
+        return Some("contains '/'");
     }
     None
 }
