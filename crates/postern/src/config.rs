@@ -98,6 +98,7 @@ pub struct LocalSubmission {
 #[serde(deny_unknown_fields)]
 struct DeliveryFile {
     maildir: Option<String>,
+    owner: Option<String>,
     relay_host: Option<String>,
     #[serde(default)]
     routes: BTreeMap<String, String>,
@@ -284,6 +285,8 @@ pub struct Config {
     pub passwd_file: PathBuf,
     pub local_submission: Option<LocalSubmission>,
     pub maildir: String,
+    /// The Unix user owning Maildir files when the passwd-file line gives no uid/gid.
+    pub maildir_owner: Option<String>,
     pub relay_host: Option<String>,
     pub routes: BTreeMap<String, String>,
     pub outbound: Outbound,
@@ -368,6 +371,7 @@ impl Config {
                 .delivery
                 .maildir
                 .unwrap_or_else(|| "/var/vmail/%d/%n/Maildir".to_string()),
+            maildir_owner: file.delivery.owner,
             relay_host: file.delivery.relay_host,
             routes: file.delivery.routes,
             outbound,
@@ -404,6 +408,7 @@ impl Config {
                 socket: data_dir.join("submit.sock"),
             }),
             maildir: format!("{}/mail/%d/%n/Maildir", data_dir.display()),
+            maildir_owner: None,
             relay_host: None,
             routes: BTreeMap::new(),
             outbound: Outbound::default(),
@@ -587,6 +592,16 @@ fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
         return Err(invalid(
             "hostname",
             "hostname must be one word, e.g. \"mail.example.com\"".into(),
+        ));
+    }
+    if let Some(owner) = &config.maildir_owner
+        && !matches!(nix::unistd::User::from_name(owner), Ok(Some(_)))
+    {
+        return Err(invalid(
+            "owner",
+            format!(
+                "delivery.owner: there is no Unix user {owner:?}; create it (e.g. useradd --system vmail) or fix the name"
+            ),
         ));
     }
     let template = &config.maildir;

@@ -159,3 +159,58 @@ fn systemd_is_told_when_the_server_is_ready_reloading_and_stopping() {
     server.terminate();
     assert_eq!(next(), "STOPPING=1");
 }
+
+#[test]
+fn maildir_files_belong_to_the_mail_user() {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(uid) = common::test_user("posterntest") else {
+        return;
+    };
+    let server = Server::start_setup(common::Setup {
+        delivery: "owner = \"posterntest\"".into(),
+        ..Default::default()
+    });
+    // bob's passwd-file line names its own uid and gid, like Dovecot's userdb fields.
+    let passwd = server.dir.path().join("passwd");
+    let text: String = std::fs::read_to_string(&passwd)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("bob@") {
+                format!("{l}:4242:4343::::\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&passwd, text).unwrap();
+    for rcpt in ["alice@example.com", "bob@example.com"] {
+        let mut c = PlainClient::connect(server.addr("mx"));
+        c.cmd("EHLO client.test", "250");
+        c.cmd("MAIL FROM:<x@remote.test>", "250");
+        c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
+        c.cmd("DATA", "354");
+        c.cmd("Subject: owned\r\n\r\nx\r\n.", "250");
+        server.wait_for_delivery(rcpt, 1);
+    }
+    let owner_of = |rcpt: &str| {
+        let new = server.maildir(rcpt).join("new");
+        let file = std::fs::read_dir(&new)
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        let meta = std::fs::metadata(file).unwrap();
+        (
+            meta.uid(),
+            std::fs::metadata(server.maildir(rcpt)).unwrap().uid(),
+        )
+    };
+    assert_eq!(owner_of("alice@example.com"), (uid, uid), "delivery.owner");
+    assert_eq!(
+        owner_of("bob@example.com"),
+        (4242, 4242),
+        "the passwd-file's uid wins"
+    );
+}

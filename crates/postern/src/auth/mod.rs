@@ -61,6 +61,9 @@ pub struct Account {
     /// Per-account sending limits from the passwd-file's extra fields, overriding
     /// `[limits]` for this login.
     pub limits: AccountLimits,
+    /// The uid and gid fields of the passwd-file line (Dovecot's userdb uid/gid), which
+    /// own the account's Maildir files.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// `postern_messages_per_hour=N` and `postern_recipients_per_hour=N` in the extra-fields

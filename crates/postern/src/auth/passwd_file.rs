@@ -175,6 +175,7 @@ impl Credentials for PasswdFile {
         let account = users.get(&canonical(address)).map(|user| Account {
             login: user.login.clone(),
             limits: user.limits,
+            owner: user.owner,
         });
         Ok(account)
     }
@@ -261,6 +262,7 @@ struct User {
     login: String,
     hash: String,
     limits: super::AccountLimits,
+    owner: Option<(u32, u32)>,
 }
 
 /// What a stat of the passwd-file showed.
@@ -373,10 +375,12 @@ fn index(text: &str, path: &Path) -> Result<Users, PasswdError> {
                 .get(5..)
                 .map(|f| f.join(":"))
                 .unwrap_or_default();
+            let number = |i: usize| line.entry.rest.get(i).and_then(|f| f.trim().parse().ok());
             let user = User {
                 login: login.clone(),
                 hash: line.entry.hash,
                 limits: super::AccountLimits::from_extra_fields(&extra),
+                owner: number(0).zip(number(1)),
             };
             (login, user)
         })
@@ -679,6 +683,13 @@ mod tests {
         assert_eq!(big.limits.recipients_per_hour, None);
         let small = users.lookup("small@example.com").unwrap().unwrap();
         assert_eq!(small.limits, super::super::AccountLimits::default());
+        assert_eq!(small.owner, None);
+        fs::write(&path, "v@example.com:{PLAIN}x:5000:5001::/var/vmail/v::\n").unwrap();
+        let users = PasswdFile::new(&path);
+        assert_eq!(
+            users.lookup("v@example.com").unwrap().unwrap().owner,
+            Some((5000, 5001))
+        );
     }
 
     #[test]
@@ -764,6 +775,7 @@ mod tests {
             Some(Account {
                 login: "alice@example.com".into(),
                 limits: Default::default(),
+                owner: Some((1000, 1000)),
             })
         );
         assert_eq!(backend.lookup("bob@example.com").unwrap(), None);

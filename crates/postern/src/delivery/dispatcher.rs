@@ -438,7 +438,28 @@ async fn deliver_local(
         "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
         envelope.from, account.login
     );
-    write_maildir(d.config().hostname.clone(), path, prefix, message.clone()).await
+    let owner = account
+        .owner
+        .map(|(uid, gid)| maildir::Owner { uid, gid })
+        .or_else(|| configured_owner(&d.config()));
+    write_maildir(
+        d.config().hostname.clone(),
+        path,
+        prefix,
+        message.clone(),
+        owner,
+    )
+    .await
+}
+
+/// `delivery.owner`, resolved to its uid and primary gid.
+fn configured_owner(config: &Config) -> Option<maildir::Owner> {
+    let name = config.maildir_owner.as_deref()?;
+    let user = nix::unistd::User::from_name(name).ok().flatten()?;
+    Some(maildir::Owner {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
 }
 
 async fn write_maildir(
@@ -446,9 +467,10 @@ async fn write_maildir(
     path: PathBuf,
     prefix: String,
     message: Arc<Vec<u8>>,
+    owner: Option<maildir::Owner>,
 ) -> Outcome {
     let written = tokio::task::spawn_blocking(move || {
-        maildir::deliver(&path, &hostname, prefix.as_bytes(), &message)
+        maildir::deliver_as(&path, &hostname, prefix.as_bytes(), &message, owner)
     })
     .await;
     match written {

@@ -124,12 +124,31 @@ pub fn deliver(
     prefix: &[u8],
     message: &[u8],
 ) -> Result<PathBuf, MaildirError> {
+    deliver_as(maildir, hostname, prefix, message, None)
+}
+
+/// The owner Maildir files and the directories made for them get, so that the IMAP
+/// server (Dovecot, running as the mail user) can read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// [`deliver`], with the new file and any directory it creates owned by `owner`.
+pub fn deliver_as(
+    maildir: &Path,
+    hostname: &str,
+    prefix: &[u8],
+    message: &[u8],
+    owner: Option<Owner>,
+) -> Result<PathBuf, MaildirError> {
     for sub in [TMP, NEW, CUR] {
-        create_dir_durably(&maildir.join(sub))?;
+        create_dir_durably(&maildir.join(sub), owner)?;
     }
     let unique = unique_name(hostname);
     let tmp_path = maildir.join(TMP).join(&unique);
-    let size = write_new_file(&tmp_path, prefix, message)?;
+    let size = write_new_file(&tmp_path, prefix, message, owner)?;
     let new_dir = maildir.join(NEW);
     let new_path = new_dir.join(format!("{unique},S={size}"));
     if let Err(source) = fs::rename(&tmp_path, &new_path) {
@@ -173,7 +192,12 @@ fn escape_hostname(hostname: &str) -> String {
 
 /// Creates `path` (never overwriting anything), writes the message with LF endings and
 /// fsyncs it. Returns the number of bytes written. On failure the file is removed.
-fn write_new_file(path: &Path, prefix: &[u8], message: &[u8]) -> Result<u64, MaildirError> {
+fn write_new_file(
+    path: &Path,
+    prefix: &[u8],
+    message: &[u8],
+    owner: Option<Owner>,
+) -> Result<u64, MaildirError> {
     let io_err = |source| MaildirError::Io {
         path: path.to_owned(),
         source,
@@ -184,6 +208,12 @@ fn write_new_file(path: &Path, prefix: &[u8], message: &[u8]) -> Result<u64, Mai
         .mode(FILE_MODE)
         .open(path)
         .map_err(io_err)?;
+    if let Some(o) = owner
+        && let Err(e) = std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))
+    {
+        let _ = fs::remove_file(path);
+        return Err(io_err(e));
+    }
     write_lf(file, prefix, message).map_err(|e| {
         let _ = fs::remove_file(path);
         io_err(e)
@@ -260,25 +290,31 @@ impl<W: Write> LfWriter<W> {
 /// Makes sure `dir` exists as a directory, creating it and missing parents with mode
 /// 0700. Each new directory's parent is fsynced, so a mailbox made for a delivery
 /// survives a crash along with the message.
-fn create_dir_durably(dir: &Path) -> Result<(), MaildirError> {
+fn create_dir_durably(dir: &Path, owner: Option<Owner>) -> Result<(), MaildirError> {
     let io_err = |source| MaildirError::Io {
         path: dir.to_owned(),
         source,
     };
-    match create_one_dir(dir) {
+    match create_one_dir(dir, owner) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent = parent_of(dir).ok_or_else(|| io_err(e))?;
-            create_dir_durably(parent)?;
-            create_one_dir(dir).map_err(io_err)
+            create_dir_durably(parent, owner)?;
+            create_one_dir(dir, owner).map_err(io_err)
         }
         result => result.map_err(io_err),
     }
 }
 
-/// Creates one directory, or accepts it if it is already there as a directory.
-fn create_one_dir(dir: &Path) -> io::Result<()> {
+/// Creates one directory (owned by `owner`), or accepts it if it is already there as a
+/// directory; an existing directory keeps its owner.
+fn create_one_dir(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
     match DirBuilder::new().mode(DIR_MODE).create(dir) {
-        Ok(()) => sync_dir(parent_of(dir).unwrap_or(Path::new("."))),
+        Ok(()) => {
+            if let Some(o) = owner {
+                std::os::unix::fs::chown(dir, Some(o.uid), Some(o.gid))?;
+            }
+            sync_dir(parent_of(dir).unwrap_or(Path::new(".")))
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             if dir.is_dir() {
                 Ok(())
@@ -401,6 +437,29 @@ mod tests {
             0o600
         );
         assert_eq!(fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn files_and_new_directories_belong_to_the_owner() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("example.com/u/Maildir");
+        let owner = Owner {
+            uid: 4242,
+            gid: 4343,
+        };
+        let path = deliver_as(&maildir, "host", b"", b"x\r\n", Some(owner)).unwrap();
+        for p in [
+            path.as_path(),
+            &maildir,
+            &maildir.join("new"),
+            &dir.path().join("example.com"),
+        ] {
+            let meta = std::fs::metadata(p).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "{}", p.display());
+        }
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        assert_ne!(meta.uid(), 4242, "an existing directory keeps its owner");
     }
 
     #[test]
