@@ -253,6 +253,7 @@ struct ConfigFile {
     #[serde(default)]
     local_domains: Vec<String>,
     postmaster: Option<String>,
+    user: Option<String>,
     #[serde(default, rename = "listener")]
     listeners: Vec<Listener>,
     tls: Option<Tls>,
@@ -280,6 +281,8 @@ pub struct Config {
     pub local_domains: Vec<String>,
     /// Where mail for postmaster@ a local domain goes when that mailbox does not exist.
     pub postmaster: Option<String>,
+    /// The Unix user `serve` switches to after binding, when started as root.
+    pub user: Option<String>,
     pub listeners: Vec<Listener>,
     pub tls: Option<Tls>,
     pub passwd_file: PathBuf,
@@ -355,6 +358,7 @@ impl Config {
             source: Source::File(path),
             hostname: file.hostname.unwrap_or_else(system_hostname),
             postmaster: file.postmaster,
+            user: file.user,
             local_domains: file
                 .local_domains
                 .iter()
@@ -397,6 +401,7 @@ impl Config {
             hostname: system_hostname(),
             local_domains: vec!["localhost".to_string()],
             postmaster: None,
+            user: None,
             listeners: vec![
                 listener("mx", 2525, Role::Mx),
                 listener("submission", 5587, Role::Submission),

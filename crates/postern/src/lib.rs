@@ -18,6 +18,7 @@ pub mod logfmt;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod privileges;
 pub mod queue;
 pub mod ratelimit;
 pub mod server;

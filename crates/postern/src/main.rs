@@ -10,6 +10,15 @@ fn main() -> ExitCode {
     // options are Sendmail's, not ours, so they bypass the argument parser.
     let mut args = std::env::args();
     let program = args.next().unwrap_or_default();
+    // The privileged passwd reader (see auth::reader); not for people to run.
+    let rest: Vec<String> = std::env::args().skip(1).collect();
+    if let [sub, path] = rest.as_slice()
+        && sub == postern::auth::reader::SUBCOMMAND
+    {
+        return report(
+            postern::auth::reader::serve(std::path::Path::new(path)).map_err(Into::into),
+        );
+    }
     match program.rsplit('/').next() {
         Some("sendmail") => return cli::sendmail::run(&args.collect::<Vec<_>>()),
         Some("mailq") => return report(cli::queue::run(None, cli::QueueAction::List)),

@@ -17,6 +17,7 @@
 
 pub mod guard;
 pub mod passwd_file;
+pub mod reader;
 pub mod scheme;
 
 use std::time::{Duration, Instant};

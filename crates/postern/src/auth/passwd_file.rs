@@ -89,14 +89,21 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Entry>, PasswdError> {
 pub struct PasswdFile {
     path: PathBuf,
     cache: RwLock<Cache>,
+    access: Arc<dyn FileAccess>,
 }
 
 impl PasswdFile {
     /// A backend for the file at `path`. Nothing is read until the first call.
     pub fn new(path: impl Into<PathBuf>) -> PasswdFile {
+        PasswdFile::with_access(path, Arc::new(DirectAccess))
+    }
+
+    /// A backend that reads its file through `access`.
+    pub fn with_access(path: impl Into<PathBuf>, access: Arc<dyn FileAccess>) -> PasswdFile {
         PasswdFile {
             path: path.into(),
             cache: RwLock::new(Cache::empty()),
+            access,
         }
     }
 
@@ -109,19 +116,21 @@ impl PasswdFile {
     /// (0 for a missing file). On error, later calls answer [`AuthError::Unavailable`] until
     /// the file is fixed.
     pub fn reload(&self) -> Result<usize, PasswdError> {
-        let observed = observe(&self.path)?;
-        let (cache, outcome) = load(&self.path, observed, SystemTime::now());
+        let observed = self.observe()?;
+        let (cache, outcome) = self.load(observed, SystemTime::now());
         self.store(cache);
         outcome
     }
 
     /// The accounts as of the file's current state, reloading it when it changed.
     fn users(&self) -> Result<Arc<Users>, AuthError> {
-        let observed = observe(&self.path).map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let observed = self
+            .observe()
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         if let Some(users) = self.cached(observed) {
             return users;
         }
-        let (cache, _) = load(&self.path, observed, SystemTime::now());
+        let (cache, _) = self.load(observed, SystemTime::now());
         let users = cache.users.clone();
         self.store(cache);
         users.map_err(AuthError::Unavailable)
@@ -275,12 +284,40 @@ enum Observed {
 /// Enough of a file's metadata to notice any rewrite: in place (size, times) or by rename
 /// (device and inode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+/// How the backend reaches its file: directly, or through the privileged reader
+/// (`auth::reader`) once the server has dropped root and the file is root-only.
+pub trait FileAccess: Send + Sync {
+    /// The file's stamp, or `None` when it does not exist.
+    fn stat(&self, path: &Path) -> io::Result<Option<Stamp>>;
+    fn read(&self, path: &Path) -> io::Result<String>;
+}
+
+/// Plain file-system access, with the process's own permissions.
+pub struct DirectAccess;
+
+impl FileAccess for DirectAccess {
+    fn stat(&self, path: &Path) -> io::Result<Option<Stamp>> {
+        match fs::metadata(path) {
+            Ok(meta) => Ok(Some(stamp(&meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(&self, path: &Path) -> io::Result<String> {
+        match fs::read_to_string(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            other => other,
+        }
+    }
 }
 
 /// The last load: its accounts or the reason the file is unusable, and the file state it is
@@ -299,12 +336,27 @@ impl Cache {
     }
 }
 
-/// Stats the file; only a missing file (`ENOENT`) counts as "no users".
-fn observe(path: &Path) -> Result<Observed, PasswdError> {
-    match fs::metadata(path) {
-        Ok(meta) => Ok(Observed::Present(stamp(&meta))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Observed::Missing),
-        Err(source) => Err(io_error(path, source)),
+impl PasswdFile {
+    /// Stats the file; only a missing file (`ENOENT`) counts as "no users".
+    fn observe(&self) -> Result<Observed, PasswdError> {
+        match self.access.stat(&self.path) {
+            Ok(Some(stamp)) => Ok(Observed::Present(stamp)),
+            Ok(None) => Ok(Observed::Missing),
+            Err(source) => Err(io_error(&self.path, source)),
+        }
+    }
+
+    /// Reads and parses the file seen as `observed`.
+    fn load(
+        &self,
+        observed: Observed,
+        loaded_at: SystemTime,
+    ) -> (Cache, Result<usize, PasswdError>) {
+        let text = self
+            .access
+            .read(&self.path)
+            .map_err(|source| io_error(&self.path, source));
+        load(&self.path, text, observed, loaded_at)
     }
 }
 
@@ -322,10 +374,11 @@ fn stamp(meta: &fs::Metadata) -> Stamp {
 /// the number of accounts or the error (which is also logged).
 fn load(
     path: &Path,
+    text: Result<String, PasswdError>,
     observed: Observed,
     loaded_at: SystemTime,
 ) -> (Cache, Result<usize, PasswdError>) {
-    let outcome = read_existing(path).and_then(|text| index(&text, path));
+    let outcome = text.and_then(|text| index(&text, path));
     let valid_for = match (&outcome, observed) {
         // A read error may be passing (EMFILE, EIO): retry on the next call.
         (Err(PasswdError::Io { .. }), _) => None,
@@ -830,23 +883,23 @@ mod tests {
         assert_eq!(backend.reload().unwrap(), 1);
         // Just written: racy, so not trusted yet.
         assert_eq!(backend.cache.read().unwrap().valid_for, None);
-        let observed = observe(&path).unwrap();
+        let observed = backend.observe().unwrap();
         assert!(backend.cached(observed).is_none());
 
         // Loaded a while after the change: trusted while the stamp stays the same.
         let later = SystemTime::now() + Duration::from_secs(10);
-        let (cache, count) = load(&path, observed, later);
+        let (cache, count) = backend.load(observed, later);
         assert_eq!(count.unwrap(), 1);
         assert_eq!(cache.valid_for, Some(observed));
         backend.store(cache);
-        let users = backend.cached(observe(&path).unwrap()).unwrap().unwrap();
+        let users = backend.cached(backend.observe().unwrap()).unwrap().unwrap();
         assert!(users.contains_key("a@example.com"));
 
         // Any change of the file (here its mode, so only the ctime moves) invalidates it.
         fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
-        assert!(backend.cached(observe(&path).unwrap()).is_none());
+        assert!(backend.cached(backend.observe().unwrap()).is_none());
     }
 
     #[test]

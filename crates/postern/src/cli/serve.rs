@@ -9,10 +9,12 @@ use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::auth::reader::ReaderAccess;
 use crate::auth::{Credentials, PasswdFile};
 use crate::config::{Config, Source};
 use crate::delivery::dispatcher::{self, Deliverer};
 use crate::delivery::next_hop::SystemResolver;
+use crate::privileges;
 use crate::queue::Spool;
 use crate::server::{self, Context, Settings, tls};
 
@@ -50,8 +52,6 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the queue under {}", config.data_dir.display()))?;
     let recovered = spool.recover().context("cannot read the queue")?;
     tracing::info!(event = "queue_recovered", messages = recovered.len(), dir = %spool.dir().display());
-    let users = Arc::new(PasswdFile::new(&config.passwd_file));
-    load_users(&users);
     let tls = tls::acceptor(&config).context("cannot set up TLS")?;
     // Installed before the listeners are announced, so that a SIGTERM sent as soon as
     // the server says it is listening is already handled.
@@ -83,6 +83,9 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
     }
     let control_socket =
         server::control::bind(&config.data_dir).context("cannot create the control socket")?;
+    // Everything that needs root is done: switch to the service user for good.
+    let (users, dropped) = drop_privileges(&config)?;
+    load_users(&users);
     let credentials: Arc<dyn Credentials> = users.clone();
     let resolver =
         SystemResolver::new().context("cannot set up DNS resolution (/etc/resolv.conf)")?;
@@ -109,6 +112,7 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
         ctx: ctx.clone(),
         deliverer,
         users,
+        dropped,
     };
     tokio::spawn(signals.handle(stop, reloader));
     crate::notify::notify("READY=1");
@@ -124,6 +128,29 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(event = "stopped");
     Ok(())
+}
+
+/// Switches to the service user when started as root, and returns the passwd-file
+/// backend: read through the privileged reader after a switch (the file may be
+/// root-only), directly otherwise. The bool says whether privileges were dropped.
+fn drop_privileges(config: &Config) -> anyhow::Result<(Arc<PasswdFile>, bool)> {
+    let Some(user) = privileges::target_user(config.user.as_deref())? else {
+        if nix::unistd::Uid::effective().is_root() {
+            tracing::warn!(
+                event = "running_as_root",
+                msg = "no service user: set user = \"postern\" (or create a postern user) so that nothing the network sends runs as root"
+            );
+        }
+        return Ok((Arc::new(PasswdFile::new(&config.passwd_file)), false));
+    };
+    privileges::hand_over(&config.data_dir, &user)?;
+    let program =
+        std::env::current_exe().context("cannot find the postern binary for the passwd reader")?;
+    let reader = ReaderAccess::spawn(&program, &config.passwd_file)
+        .context("cannot start the privileged passwd reader")?;
+    let users = PasswdFile::with_access(&config.passwd_file, Arc::new(reader));
+    privileges::switch_to(&user)?;
+    Ok((Arc::new(users), true))
 }
 
 fn load_users(users: &PasswdFile) {
@@ -188,6 +215,8 @@ struct Reloader {
     ctx: Arc<Context>,
     deliverer: Arc<Deliverer>,
     users: Arc<PasswdFile>,
+    /// Running as the service user: the passwd reader serves one path only.
+    dropped: bool,
 }
 
 impl Reloader {
@@ -216,7 +245,15 @@ impl Reloader {
             );
         }
         if new.passwd_file != self.users.path() {
-            self.users = Arc::new(PasswdFile::new(&new.passwd_file));
+            if self.dropped {
+                tracing::warn!(
+                    event = "reload_needs_restart",
+                    key = "auth.passwd_file",
+                    msg = "the privileged reader serves the old path until the next restart"
+                );
+            } else {
+                self.users = Arc::new(PasswdFile::new(&new.passwd_file));
+            }
         }
         load_users(&self.users);
         let users: Arc<dyn Credentials> = self.users.clone();
@@ -244,6 +281,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.data_dir != new.data_dir {
         keys.push("data_dir");
+    }
+    if old.user != new.user {
+        keys.push("user");
     }
     if old.local_submission.as_ref().map(|l| &l.socket)
         != new.local_submission.as_ref().map(|l| &l.socket)

@@ -31,6 +31,8 @@ pub struct Setup {
     pub top: String,
     /// Lines inside `[delivery]`, e.g. `relay_host = "…"`.
     pub delivery: String,
+    /// The Maildir template, relative to the test directory (default `mail/%d/%n/Maildir`).
+    pub maildir: Option<String>,
     /// More TOML after the standard configuration (other tables).
     pub extra: String,
     /// Environment variables for `postern serve`.
@@ -120,7 +122,7 @@ role = "submissions"
 passwd_file = "{d}/passwd"
 
 [delivery]
-maildir = "{d}/mail/%d/%n/Maildir"
+maildir = "{d}/{maildir}"
 {delivery}
 
 [local_submission]
@@ -128,8 +130,18 @@ socket = "{d}/run/submit.sock"
 {extra}
 "#,
             domain = self.domain(),
-            top = self.setup.top,
+            // Tests run as root; they stay root unless a test asks for a service user.
+            top = if self.setup.top.contains("user =") {
+                self.setup.top.clone()
+            } else {
+                format!("user = \"root\"\n{}", self.setup.top)
+            },
             delivery = self.setup.delivery,
+            maildir = self
+                .setup
+                .maildir
+                .as_deref()
+                .unwrap_or("mail/%d/%n/Maildir"),
             extra = self.setup.extra,
         );
         std::fs::write(self.config_path(), config).expect("write config");
@@ -362,9 +374,14 @@ socket = "{d}/run/submit.sock"
 
     pub fn maildir(&self, address: &str) -> PathBuf {
         let (local, domain) = address.split_once('@').expect("address");
+        let template = self
+            .setup
+            .maildir
+            .as_deref()
+            .unwrap_or("mail/%d/%n/Maildir");
         self.dir
             .path()
-            .join(format!("mail/{domain}/{local}/Maildir"))
+            .join(template.replace("%d", domain).replace("%n", local))
     }
 
     /// The messages in `new/` of a mailbox, read as text.

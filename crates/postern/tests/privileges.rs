@@ -1,0 +1,82 @@
+//! Started as root, `serve` binds, hands its data to the service user, and runs as that
+//! user; the passwd-file stays root-only and is still re-read through the privileged
+//! reader.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt as _;
+
+use common::{PASSWORD, PlainClient, Server, Setup, plain, test_user};
+
+fn uid_of_process(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn serve_runs_as_the_service_user_and_still_reads_a_root_only_passwd_file() {
+    let Some(uid) = test_user("posterntest") else {
+        return;
+    };
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let server = Server::start_setup(Setup {
+        top: "user = \"posterntest\"".into(),
+        maildir: Some("data/mail/%d/%n/Maildir".into()),
+        ..Setup::default()
+    });
+    server
+        .wait_for_log("event=privileges_dropped user=posterntest")
+        .unwrap();
+    assert_eq!(
+        uid_of_process(server.pid()),
+        uid,
+        "the server runs as the service user"
+    );
+    let passwd = server.dir.path().join("passwd");
+    assert_eq!(std::fs::metadata(&passwd).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&passwd).unwrap().uid(),
+        0,
+        "root-only passwd-file"
+    );
+
+    // Logins work, and a password changed by root afterwards is picked up.
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    c.login("alice@example.com", PASSWORD);
+    let out = server.cli(
+        &["user", "passwd", "alice@example.com", "--password-stdin"],
+        Some("changed"),
+    );
+    assert!(out.status.success());
+    let mut d = PlainClient::connect(server.addr("submission")).starttls();
+    d.cmd(
+        &format!("AUTH PLAIN {}", plain(None, "alice@example.com", PASSWORD)),
+        "535",
+    );
+    d.login("alice@example.com", "changed");
+
+    // Mail is queued and delivered as the service user.
+    c.cmd("MAIL FROM:<alice@example.com>", "250");
+    c.cmd("RCPT TO:<bob@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.cmd("Subject: unprivileged\r\n\r\nx\r\n.", "250");
+    let mails = server.wait_for_delivery("bob@example.com", 1);
+    assert_eq!(mails.len(), 1, "log:\n{}", server.log_text());
+    let new = server.maildir("bob@example.com").join("new");
+    let file = std::fs::read_dir(new)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    assert_eq!(std::fs::metadata(file).unwrap().uid(), uid);
+    assert_eq!(
+        std::fs::metadata(server.data_dir().join("queue"))
+            .unwrap()
+            .uid(),
+        uid
+    );
+}
