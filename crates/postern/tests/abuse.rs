@@ -141,3 +141,36 @@ fn failed_logins_are_answered_more_and_more_slowly() {
     let last = server.wait_for_log("delay_ms=0").unwrap();
     assert!(last.contains("event=auth_failed"));
 }
+
+#[test]
+fn guessing_one_login_from_several_clients_slows_down_too() {
+    if test_user("posterntest").is_none() {
+        return;
+    }
+    let server = Server::start();
+    let wrong = plain(None, "alice@example.com", "guess");
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    c.cmd(&format!("AUTH PLAIN {wrong}"), "535");
+    c.cmd(&format!("AUTH PLAIN {wrong}"), "535");
+    // Another client (another Unix user on loopback) guesses the same login.
+    let script = format!(
+        "import smtplib, ssl\ns = smtplib.SMTP('127.0.0.1', {})\ns.starttls(context=ssl._create_unverified_context())\ntry:\n    s.login('alice@example.com', 'guess')\nexcept smtplib.SMTPAuthenticationError as e:\n    print(e.smtp_code)\n",
+        server.addr("submission").port()
+    );
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "posterntest", "--", "python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "535");
+    let delays: Vec<String> = server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("event=auth_failed"))
+        .filter_map(|l| field(l, "delay_ms"))
+        .collect();
+    assert_eq!(
+        delays,
+        ["0", "500", "1000"],
+        "the third failure on the login is slowed, whoever makes it"
+    );
+}

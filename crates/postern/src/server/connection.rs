@@ -450,6 +450,9 @@ impl Connection {
         match checked {
             Ok(Ok(Verification::Accepted)) => {
                 self.ctx.auth_failures.record_success(&key);
+                self.ctx
+                    .auth_failures
+                    .record_success(&format!("login:{login}"));
                 if let Ok(Some(account)) = self.settings.users.lookup(&login) {
                     self.account_limits = account.limits;
                 }
@@ -479,13 +482,14 @@ impl Connection {
         let block = Duration::from_secs(limits.auth_block_seconds);
         let key = self.failure_key();
         let failures = &self.ctx.auth_failures;
-        let blocked = failures.record_failure(
-            &key,
-            limits.auth_failures_before_block,
-            block,
-            Instant::now(),
-        );
-        let delay = tarpit(failures.count(&key));
+        let now = Instant::now();
+        let blocked = failures.record_failure(&key, limits.auth_failures_before_block, block, now);
+        // Failures are also counted per login, so guessing one password from many
+        // addresses slows down too. A login is never blocked outright: that would let
+        // anyone lock a customer out of their own mailbox.
+        let login_key = format!("login:{login}");
+        failures.record_failure(&login_key, 0, block, now);
+        let delay = tarpit(failures.count(&key).max(failures.count(&login_key)));
         tracing::info!(
             event = "auth_failed",
             listener = %self.listener.name,
