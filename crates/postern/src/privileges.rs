@@ -12,6 +12,11 @@
 
 use std::path::Path;
 
+use std::os::fd::OwnedFd;
+
+use nix::dir::{Dir, Type};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,29 +56,69 @@ pub fn target_user(configured: Option<&str>) -> Result<Option<User>, PrivilegeEr
     }
 }
 
-/// Gives `dir` and everything below it to `user` (the queue, the generated certificate,
-/// the control socket), so the server can still use them after the switch.
+/// Gives `dir`, its files, and the files of its `queue`, `queue/corrupt` and `tls`
+/// directories to `user`, so the server can use them after the switch.
+///
+/// Root walks a tree that the service user could have changed (a process of a previous
+/// run, say), so nothing here follows a symbolic link: directories are opened with
+/// `O_NOFOLLOW` relative to their parent, and owners are changed with
+/// `AT_SYMLINK_NOFOLLOW`. A link in the tree is given away as a link, never its target.
 pub fn hand_over(dir: &Path, user: &User) -> Result<(), PrivilegeError> {
-    let chown = |path: &Path| {
-        std::os::unix::fs::lchown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(
-            |source| PrivilegeError::Chown {
-                path: path.display().to_string(),
-                source,
-            },
-        )
-    };
-    chown(dir)?;
-    let entries = std::fs::read_dir(dir).map_err(|source| PrivilegeError::Chown {
+    let error = |source: nix::Error| PrivilegeError::Chown {
         path: dir.display().to_string(),
-        source,
-    })?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            hand_over(&path, user)?;
-        } else {
-            chown(&path)?;
+        source: std::io::Error::from(source),
+    };
+    let fd = nix::fcntl::open(dir, directory_flags(), Mode::empty()).map_err(error)?;
+    nix::unistd::fchown(&fd, Some(user.uid), Some(user.gid)).map_err(error)?;
+    hand_over_entries(fd, dir, user, 0)
+}
+
+fn directory_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// The directories below `data_dir` that hold files the server needs.
+const HANDED_OVER: [&str; 3] = ["queue", "corrupt", "tls"];
+
+fn hand_over_entries(
+    fd: OwnedFd,
+    path: &Path,
+    user: &User,
+    depth: usize,
+) -> Result<(), PrivilegeError> {
+    let error = |source: nix::Error| PrivilegeError::Chown {
+        path: path.display().to_string(),
+        source: std::io::Error::from(source),
+    };
+    let mut dir = Dir::from_fd(fd).map_err(error)?;
+    let dir_fd = nix::unistd::dup(&dir).map_err(error)?;
+    let mut subdirs = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.map_err(error)?;
+        let name = entry.file_name().to_owned();
+        let text = name.to_string_lossy().into_owned();
+        if text == "." || text == ".." {
+            continue;
         }
+        nix::unistd::fchownat(
+            &dir_fd,
+            name.as_c_str(),
+            Some(user.uid),
+            Some(user.gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(error)?;
+        if entry.file_type() == Some(Type::Directory)
+            && depth < 2
+            && HANDED_OVER.contains(&text.as_str())
+        {
+            subdirs.push((name, text));
+        }
+    }
+    for (name, text) in subdirs {
+        let sub = nix::fcntl::openat(&dir_fd, name.as_c_str(), directory_flags(), Mode::empty())
+            .map_err(error)?;
+        hand_over_entries(sub, &path.join(text), user, depth + 1)?;
     }
     Ok(())
 }
@@ -94,4 +139,56 @@ pub fn switch_to(user: &User) -> Result<(), PrivilegeError> {
     }
     tracing::info!(event = "privileges_dropped", user = %user.name, uid = user.uid.as_raw(), gid = user.gid.as_raw());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_over_gives_away_links_not_their_targets() {
+        use std::os::unix::fs::MetadataExt as _;
+        if !Uid::effective().is_root() {
+            return;
+        }
+        let user = User::from_uid(Uid::from_raw(65534))
+            .ok()
+            .flatten()
+            .unwrap_or(User {
+                uid: Uid::from_raw(65534),
+                gid: Gid::from_raw(65534),
+                ..User::from_uid(Uid::from_raw(0)).unwrap().unwrap()
+            });
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("precious");
+        std::fs::write(&target, b"x").unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join("queue")).unwrap();
+        std::fs::write(data.path().join("queue/A.msg"), b"m").unwrap();
+        std::os::unix::fs::symlink(&target, data.path().join("queue/evil")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), data.path().join("tls")).unwrap();
+        hand_over(data.path(), &user).unwrap();
+        assert_eq!(
+            std::fs::metadata(data.path().join("queue/A.msg"))
+                .unwrap()
+                .uid(),
+            65534
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(data.path().join("queue/evil"))
+                .unwrap()
+                .uid(),
+            65534
+        );
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().uid(),
+            0,
+            "a link's target keeps its owner"
+        );
+        assert_eq!(
+            std::fs::metadata(outside.path()).unwrap().uid(),
+            0,
+            "a linked directory is not entered"
+        );
+    }
 }

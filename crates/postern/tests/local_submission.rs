@@ -307,3 +307,44 @@ fn sendmail_bp_lists_the_queue_and_q_flushes_it() {
     assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
     assert_eq!(server.wait_for_delivery("alice@example.com", 1).len(), 1);
 }
+
+#[test]
+fn too_many_recipients_or_a_message_over_the_hourly_limit_is_refused_for_good() {
+    let server = Server::start_with("[limits]\nmax_recipients = 2\nuid_recipients_per_hour = 3\n");
+    let out = server.sendmail(
+        None,
+        &[
+            "alice@example.com",
+            "bob@example.com",
+            "postmaster@example.com",
+        ],
+        b"Subject: x\n\nx\n",
+    );
+    assert_eq!(exit_code(&out), 77, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("at most 2 per message"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.sendmail(
+        None,
+        &["alice@example.com", "bob@example.com"],
+        b"Subject: x\n\nx\n",
+    );
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    // Two more would exceed the hour's 3: temporary. But no single message may ever
+    // carry more than the hourly limit: that is permanent.
+    let out = server.sendmail(
+        None,
+        &["alice@example.com", "bob@example.com"],
+        b"Subject: x\n\nx\n",
+    );
+    assert_eq!(exit_code(&out), 75, "{}", stderr(&out));
+    let wide = Server::start_with("[limits]\nuid_recipients_per_hour = 1\n");
+    let out = wide.sendmail(
+        None,
+        &["alice@example.com", "bob@example.com"],
+        b"Subject: x\n\nx\n",
+    );
+    assert_eq!(exit_code(&out), 77, "{}", stderr(&out));
+}

@@ -27,21 +27,30 @@ const MAX_FILE: u64 = 64 * 1024 * 1024;
 
 /// The reader's main loop: answers requests on stdin about `path` until EOF.
 pub fn serve(path: &Path) -> io::Result<()> {
-    let stdin = io::stdin();
+    let mut requests = BufReader::new(io::stdin().lock());
     let mut out = io::stdout().lock();
-    for line in stdin.lock().lines() {
-        match line?.trim() {
-            "stat" => out.write_all(stat_answer(path).as_bytes())?,
-            "read" => write_file(path, &mut out)?,
+    loop {
+        // Requests are one short word: read at most a few bytes of each line, so the
+        // unprivileged server cannot make this root process hold much memory.
+        let mut line = Vec::new();
+        if (&mut requests).take(16).read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        match line.trim_ascii() {
+            b"stat" => out.write_all(stat_answer(path).as_bytes())?,
+            b"read" => write_file(path, &mut out)?,
             _ => out.write_all(b"error unknown request\n")?,
         }
         out.flush()?;
     }
-    Ok(())
 }
 
 fn stat_answer(path: &Path) -> String {
-    match std::fs::metadata(path) {
+    // lstat: a symbolic link is not followed, and is not a passwd-file.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => {
+            "error the passwd-file is not a regular file\n".to_string()
+        }
         Ok(m) => format!(
             "present {} {} {} {} {} {} {}\n",
             m.dev(),
@@ -59,7 +68,7 @@ fn stat_answer(path: &Path) -> String {
 
 fn write_file(path: &Path, out: &mut impl Write) -> io::Result<()> {
     let mut text = Vec::new();
-    let read = std::fs::File::open(path).and_then(|f| f.take(MAX_FILE).read_to_end(&mut text));
+    let read = open_regular(path).and_then(|f| f.take(MAX_FILE).read_to_end(&mut text));
     match read {
         Ok(_) => {
             out.write_all(format!("ok {}\n", text.len()).as_bytes())?;
@@ -68,6 +77,33 @@ fn write_file(path: &Path, out: &mut impl Write) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => out.write_all(b"ok 0\n"),
         Err(e) => out.write_all(format!("error {}\n", one_line(&e.to_string())).as_bytes()),
     }
+}
+
+/// Opens `path` without following a symbolic link, and only if it is a regular file:
+/// the unprivileged server must not be able to point this root process elsewhere.
+fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other("the passwd-file is not a regular file"));
+    }
+    Ok(file)
+}
+
+/// The first directory above `path` that `uid` could change (it owns it, or anyone may
+/// write there without the sticky bit): there the service user could swap the file for
+/// a link to, say, /etc/shadow, so the reader refuses to serve such a path.
+pub fn writable_ancestor(path: &Path, uid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let absolute = std::path::absolute(path).ok()?;
+    absolute.ancestors().skip(1).find_map(|dir| {
+        let meta = std::fs::symlink_metadata(dir).ok()?;
+        let world_writable = meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0;
+        (meta.uid() == uid || world_writable).then(|| dir.to_path_buf())
+    })
 }
 
 fn one_line(text: &str) -> String {
@@ -209,6 +245,31 @@ mod tests {
         );
         assert!(parse_stat("error Permission denied").is_err());
         assert!(parse_stat("present 1 2").is_err());
+    }
+
+    #[test]
+    fn links_and_non_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("passwd");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        let mut out = Vec::new();
+        write_file(&link, &mut out).unwrap();
+        assert!(
+            out.starts_with(b"error "),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(stat_answer(&link).starts_with("error "));
+        assert!(stat_answer(dir.path()).starts_with("error "));
+    }
+
+    #[test]
+    fn a_directory_the_user_controls_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let found = writable_ancestor(&dir.path().join("passwd"), me);
+        assert_eq!(found.as_deref(), Some(dir.path()));
+        assert_eq!(writable_ancestor(Path::new("/etc/passwd"), 4242), None);
     }
 
     #[test]

@@ -198,8 +198,21 @@ pub enum ControlAnswer {
 
 pub fn control_command(config: &Config, line: &str) -> anyhow::Result<ControlAnswer> {
     let path = control::socket_path(&config.data_dir);
-    let Ok(mut stream) = UnixStream::connect(&path) else {
-        return Ok(ControlAnswer::NotRunning);
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        // Nothing listens there: the server is not running.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(ControlAnswer::NotRunning);
+        }
+        Err(e) => bail!(
+            "cannot reach the server at {}: {e} (run as root or as the service user)",
+            path.display()
+        ),
     };
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(format!("{line}\n").as_bytes())?;

@@ -134,7 +134,13 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
 /// backend: read through the privileged reader after a switch (the file may be
 /// root-only), directly otherwise. The bool says whether privileges were dropped.
 fn drop_privileges(config: &Config) -> anyhow::Result<(Arc<PasswdFile>, bool)> {
-    let Some(user) = privileges::target_user(config.user.as_deref())? else {
+    // The development defaults keep everything in ./postern-data, the passwd-file too:
+    // they switch user only when asked to.
+    let wanted = match (&config.source, config.user.as_deref()) {
+        (Source::Defaults, None) => Some("root"),
+        (_, user) => user,
+    };
+    let Some(user) = privileges::target_user(wanted)? else {
         if nix::unistd::Uid::effective().is_root() {
             tracing::warn!(
                 event = "running_as_root",
@@ -143,6 +149,16 @@ fn drop_privileges(config: &Config) -> anyhow::Result<(Arc<PasswdFile>, bool)> {
         }
         return Ok((Arc::new(PasswdFile::new(&config.passwd_file)), false));
     };
+    if let Some(dir) =
+        crate::auth::reader::writable_ancestor(&config.passwd_file, user.uid.as_raw())
+    {
+        anyhow::bail!(
+            "the passwd-file {} is below {}, which the service user {} can change; move it out (e.g. to /etc/postern/passwd) so that it cannot be swapped for a link",
+            config.passwd_file.display(),
+            dir.display(),
+            user.name
+        );
+    }
     privileges::hand_over(&config.data_dir, &user)?;
     let program =
         std::env::current_exe().context("cannot find the postern binary for the passwd reader")?;
@@ -154,15 +170,12 @@ fn drop_privileges(config: &Config) -> anyhow::Result<(Arc<PasswdFile>, bool)> {
 }
 
 fn load_users(users: &PasswdFile) {
-    if !users.path().exists() {
-        tracing::warn!(
+    match users.reload() {
+        Ok(0) => tracing::warn!(
             event = "passwd_missing",
             path = %users.path().display(),
-            msg = "no passwd-file yet: nobody can log in and no local mailbox exists; add one with `postern user add ADDRESS`"
-        );
-        return;
-    }
-    match users.reload() {
+            msg = "no accounts (the passwd-file is missing or empty): nobody can log in and no local mailbox exists; add one with `postern user add ADDRESS`"
+        ),
         Ok(count) => tracing::info!(event = "users_loaded", path = %users.path().display(), count),
         Err(e) => {
             tracing::error!(event = "users_unavailable", error = %e, msg = "logins and local recipients get temporary failures until the file is fixed")

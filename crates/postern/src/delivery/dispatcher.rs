@@ -269,6 +269,9 @@ fn spawn_delivery(
     }
     let state = state.clone();
     tasks.spawn(async move {
+        // Clears the in-flight mark even if the delivery panics, so the message is not
+        // stuck (never retried, never deletable) until the next restart.
+        let _in_flight = InFlight(&state, id.clone());
         match deliver_message(&state, &id, force).await {
             Ok(Some(next)) => reschedule(&state, next, id.clone()),
             Ok(None) => {}
@@ -279,8 +282,15 @@ fn spawn_delivery(
                 reschedule(&state, now() + retry.max(1), id.clone());
             }
         }
-        lock(&state.in_flight).remove(&id);
     });
+}
+
+struct InFlight<'a>(&'a State, QueueId);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.in_flight).remove(&self.1);
+    }
 }
 
 async fn delete(state: &State, id: &QueueId) -> Result<(), String> {
@@ -326,12 +336,29 @@ async fn deliver_message(
             bounces.push(report);
         }
     }
-    if !bounces.is_empty() {
-        notify_sender(state, &envelope, &message, &bounces).await?;
+    if !bounces.is_empty()
+        && let Err(e) = notify_sender(state, &envelope, &message, &bounces).await
+    {
+        // No notification, so no bounce yet: those recipients wait and fail again at
+        // the next attempt. The delivered ones are saved as delivered all the same, so
+        // they are not delivered twice.
+        tracing::error!(event = "notification_failed", queue_id = %id, error = %e);
+        for r in envelope
+            .recipients
+            .iter_mut()
+            .filter(|r| r.status == RecipientStatus::Bounced)
+        {
+            if bounces.iter().any(|b| b.address == r.address) {
+                r.status = RecipientStatus::Pending;
+                r.next_attempt = now + retry_delay(&d.config(), r.attempts);
+            }
+        }
     }
     if let Some(delayed) = delay_warning_due(&d.config(), &envelope, now) {
-        notify_sender(state, &envelope, &message, &delayed).await?;
-        envelope.delay_warned = true;
+        match notify_sender(state, &envelope, &message, &delayed).await {
+            Ok(()) => envelope.delay_warned = true,
+            Err(e) => tracing::error!(event = "notification_failed", queue_id = %id, error = %e),
+        }
     }
     if envelope.is_done() {
         d.spool.remove(id).await?;
@@ -441,7 +468,8 @@ async fn deliver_local(
     let owner = account
         .owner
         .map(|(uid, gid)| maildir::Owner { uid, gid })
-        .or_else(|| configured_owner(&d.config()));
+        .or_else(|| configured_owner(&d.config()))
+        .filter(|o| can_give_to(o, &account.login));
     write_maildir(
         d.config().hostname.clone(),
         path,
@@ -450,6 +478,23 @@ async fn deliver_local(
         owner,
     )
     .await
+}
+
+/// Only root can give a file to another user. Once the server runs as its service user,
+/// a Maildir owner other than that user cannot be honoured: the file stays the service
+/// user's (and a warning says how to fix it) rather than the mail being held back.
+fn can_give_to(owner: &maildir::Owner, login: &str) -> bool {
+    let me = nix::unistd::geteuid();
+    if me.is_root() || owner.uid == me.as_raw() {
+        return true;
+    }
+    tracing::warn!(
+        event = "maildir_owner_ignored",
+        rcpt = %login,
+        owner_uid = owner.uid,
+        msg = "running as the service user, which cannot give files to another user: set user = the mail user (e.g. user = \"vmail\")"
+    );
+    false
 }
 
 /// `delivery.owner`, resolved to its uid and primary gid.

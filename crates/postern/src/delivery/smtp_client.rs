@@ -184,7 +184,12 @@ async fn attempt(
         relay: target_label(target),
         ready: false,
     };
-    let outcomes = conn.transact(d, target, envelope, message).await?;
+    // Each read has its own timeout, but a server that trickles bytes could still hold
+    // the connection (and a delivery slot) for ever: the whole attempt has a deadline.
+    let deadline = outbound.timeout.saturating_mul(6);
+    let outcomes = tokio::time::timeout(deadline, conn.transact(d, target, envelope, message))
+        .await
+        .map_err(|_| AttemptError::Timeout("for the whole transaction"))??;
     if conn.ready {
         d.pool.put(target.addr, conn);
     } else {

@@ -54,7 +54,11 @@ impl LocalClient {
     /// Gathers what the kernel and /proc say about a peer. Blocking (NSS, /proc).
     pub fn from_peer(uid: u32, gid: u32, pid: Option<i32>) -> LocalClient {
         let proc_root = Path::new("/proc");
-        let process = pid.and_then(|p| read_process(proc_root, p));
+        // A pid can be reused once its process is gone: /proc must show the same uid
+        // the kernel gave for the socket, or its details belong to someone else.
+        let process = pid
+            .filter(|&p| process_uid(proc_root, p) == Some(uid))
+            .and_then(|p| read_process(proc_root, p));
         let parent = process.as_ref().and_then(|p| originator(proc_root, p));
         LocalClient {
             user: UnixUser::lookup(uid),
@@ -146,6 +150,16 @@ pub fn read_process(proc_root: &Path, pid: i32) -> Option<Process> {
         cwd,
         ppid,
     })
+}
+
+/// The real uid of a process, from /proc/PID/status.
+fn process_uid(proc_root: &Path, pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 fn parse_ppid(status: &str) -> Option<i32> {
@@ -311,6 +325,17 @@ mod tests {
         assert!(!me.cmd.is_empty());
         assert!(me.ppid.is_some());
         assert_eq!(parse_ppid("Name:\tx\nPPid:\t42\n"), Some(42));
+        let me_uid = nix::unistd::getuid().as_raw();
+        assert_eq!(
+            process_uid(Path::new("/proc"), std::process::id() as i32),
+            Some(me_uid)
+        );
+        let other =
+            LocalClient::from_peer(me_uid.wrapping_add(1), 0, Some(std::process::id() as i32));
+        assert!(
+            other.process.is_none(),
+            "a pid whose uid differs is not trusted"
+        );
     }
 
     #[test]

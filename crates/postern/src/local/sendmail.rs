@@ -140,6 +140,7 @@ pub fn submit(socket: &Path, request: &Request, message: &[u8]) -> Response {
         }
     };
     let _ = stream.set_read_timeout(Some(ANSWER_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(ANSWER_TIMEOUT));
     let sent = send_request(&mut stream, request, message);
     // Even when sending failed (the server refused early, e.g. a message too big), it
     // may have answered why: read that answer first.

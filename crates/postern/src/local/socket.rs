@@ -7,7 +7,7 @@
 //! memory or a task forever.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,9 +66,14 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
-    Ok(listener)
+    // The mode comes from the umask at creation, not a chmod afterwards: a chmod by path
+    // would follow a link swapped in at that path (the directory may belong to the
+    // service user of an earlier run).
+    let umask = nix::sys::stat::Mode::from_bits_truncate(0o777 & !mode);
+    let previous = nix::sys::stat::umask(umask);
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(previous);
+    bound.map_err(io_err)
 }
 
 /// Accepts submissions until `shutdown`; each connection holds an `alive` sender.
@@ -112,7 +117,24 @@ async fn handle_submission(ctx: &Context, stream: &mut UnixStream) {
     let client = match peer(stream).await {
         Some(c) => c,
         None => {
-            let r = Response::new(exit::SOFTWARE, "cannot identify the submitting user");
+            let r = Response::new(
+                exit::TEMPORARY,
+                "cannot identify the submitting user; try again",
+            );
+            return respond(stream, &r).await;
+        }
+    };
+    // The same connection limits as SMTP, per Unix user: the socket is open to everyone.
+    let limits = &ctx.settings().config.limits;
+    let key = format!("uid:{}", client.user.uid);
+    let _ticket = match ctx.admission.admit(&key, limits, std::time::Instant::now()) {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            tracing::info!(event = "rejected", origin = "local", uid = client.user.uid, user = %client.user.name, reason = refusal.reason());
+            let r = Response::new(
+                exit::TEMPORARY,
+                "too many submissions at once from your user; try again in a moment",
+            );
             return respond(stream, &r).await;
         }
     };
@@ -187,6 +209,8 @@ async fn respond(stream: &mut UnixStream, response: &Response) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[tokio::test]
     async fn stale_socket_is_replaced_live_one_and_regular_file_are_not() {

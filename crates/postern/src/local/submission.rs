@@ -41,6 +41,16 @@ async fn queue_message(
         message.remove_bcc();
     }
     let rcpts = parse_recipients(&wanted)?;
+    if rcpts.len() > config.limits.max_recipients {
+        return Err(Response::new(
+            exit::NO_PERMISSION,
+            format!(
+                "too many recipients ({}): at most {} per message; send the rest in another message",
+                rcpts.len(),
+                config.limits.max_recipients
+            ),
+        ));
+    }
     if rcpts.is_empty() {
         return Err(Response::new(
             exit::USAGE,
@@ -65,6 +75,20 @@ async fn queue_message(
         (Measure::Messages, 1, "messages"),
         (Measure::Recipients, rcpts.len() as u32, "recipients"),
     ] {
+        if let Some(budget) = budgets
+            .iter()
+            .find(|b| b.limit(measure) > 0 && count > b.limit(measure))
+        {
+            // Can never fit, however long the caller waits: a permanent refusal.
+            return Err(Response::new(
+                exit::NO_PERMISSION,
+                format!(
+                    "{} may send at most {} {what} per hour; this message alone has {count}",
+                    budget.who,
+                    budget.limit(measure)
+                ),
+            ));
+        }
         if let Err((budget, wait)) = ctx
             .rates
             .check_all(&budgets, measure, count, Instant::now())
