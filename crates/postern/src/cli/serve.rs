@@ -141,7 +141,8 @@ fn drop_privileges(config: &Config) -> anyhow::Result<(Arc<PasswdFile>, bool)> {
         (_, user) => user,
     };
     let Some(user) = privileges::target_user(wanted)? else {
-        if nix::unistd::Uid::effective().is_root() {
+        // Say so when root was not chosen on purpose (user = "root", or the defaults).
+        if nix::unistd::Uid::effective().is_root() && wanted.is_none() {
             tracing::warn!(
                 event = "running_as_root",
                 msg = "no service user: set user = \"postern\" (or create a postern user) so that nothing the network sends runs as root"
