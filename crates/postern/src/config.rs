@@ -236,6 +236,26 @@ pub struct Metrics {
     pub addr: SocketAddr,
 }
 
+/// Authentication of mail received on `mx` listeners (`[inbound]`); see
+/// `docs/inbound-authentication.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundAuth {
+    /// Check SPF, DKIM and DMARC, and prepend the verdicts as `Authentication-Results:`.
+    pub verify: bool,
+    /// Refuse (`550 5.7.1`) mail failing DMARC whose domain publishes `p=reject`.
+    pub dmarc_reject: bool,
+}
+
+impl Default for InboundAuth {
+    fn default() -> InboundAuth {
+        InboundAuth {
+            verify: true,
+            dmarc_reject: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimKey {
@@ -269,6 +289,8 @@ struct ConfigFile {
     metrics: Option<Metrics>,
     #[serde(default, rename = "dkim")]
     dkim: Vec<DkimKey>,
+    #[serde(default)]
+    inbound: InboundAuth,
 }
 
 /// The complete configuration of a running server.
@@ -297,6 +319,7 @@ pub struct Config {
     pub queue: QueueSettings,
     pub metrics: Option<Metrics>,
     pub dkim: Vec<DkimKey>,
+    pub inbound: InboundAuth,
 }
 
 pub const SYSTEM_CONFIG: &str = "/etc/postern/postern.toml";
@@ -383,6 +406,7 @@ impl Config {
             queue: file.queue,
             metrics: file.metrics,
             dkim: file.dkim,
+            inbound: file.inbound,
             data_dir,
         }
     }
@@ -421,6 +445,7 @@ impl Config {
             queue: QueueSettings::default(),
             metrics: None,
             dkim: Vec::new(),
+            inbound: InboundAuth::default(),
             data_dir,
         }
     }
@@ -429,15 +454,6 @@ impl Config {
         self.local_domains
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain))
-    }
-
-    /// Settings this version reads but does not act on yet, for a warning at start.
-    pub fn unimplemented_settings(&self) -> Vec<&'static str> {
-        let mut unused = Vec::new();
-        if !self.dkim.is_empty() {
-            unused.push("dkim");
-        }
-        unused
     }
 }
 
@@ -744,6 +760,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("test.toml:1: "), "{err}");
+    }
+
+    #[test]
+    fn inbound_defaults_and_switches() {
+        let on = InboundAuth {
+            verify: true,
+            dmarc_reject: true,
+        };
+        assert_eq!(parse(MINIMAL).unwrap().inbound, on);
+        assert_eq!(Config::development_defaults().inbound, on);
+        let c = parse(&format!("{MINIMAL}[inbound]\ndmarc_reject = false\n")).unwrap();
+        assert_eq!(
+            c.inbound,
+            InboundAuth {
+                verify: true,
+                dmarc_reject: false
+            }
+        );
+        let c = parse(&format!("{MINIMAL}[inbound]\nverify = false\n")).unwrap();
+        assert!(!c.inbound.verify);
+        let err = parse(&format!("{MINIMAL}[inbound]\ndmarc = false\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml:6: "), "{err}");
+        assert!(err.contains("expected `verify` or `dmarc_reject`"), "{err}");
     }
 
     #[test]

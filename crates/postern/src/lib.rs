@@ -15,6 +15,7 @@ pub mod facts;
 pub mod headers;
 pub mod local;
 pub mod logfmt;
+pub mod mailauth;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         ),
         Command::Status { config } => cli::status::run(config.as_deref()),
         Command::Queue { config, action } => report(cli::queue::run(config.as_deref(), action)),
+        Command::Dkim { config, action } => cli::dkim::run(config.as_deref(), action),
     }
 }
 

@@ -56,7 +56,7 @@ pub fn target_user(configured: Option<&str>) -> Result<Option<User>, PrivilegeEr
     }
 }
 
-/// Gives `dir`, its files, and the files of its `queue`, `queue/corrupt` and `tls`
+/// Gives `dir`, its files, and the files of its `queue`, `queue/corrupt`, `tls` and `dkim`
 /// directories to `user`, so the server can use them after the switch.
 ///
 /// Root walks a tree that the service user could have changed (a process of a previous
@@ -78,7 +78,7 @@ fn directory_flags() -> OFlag {
 }
 
 /// The directories below `data_dir` that hold files the server needs.
-const HANDED_OVER: [&str; 3] = ["queue", "corrupt", "tls"];
+const HANDED_OVER: [&str; 4] = ["queue", "corrupt", "tls", "dkim"];
 
 fn hand_over_entries(
     fd: OwnedFd,

@@ -233,3 +233,36 @@ fn postmaster_is_accepted_and_goes_to_the_configured_address() {
     assert_eq!(mails.len(), 1, "log:\n{}", server.log_text());
     assert!(mails[0].contains("Subject: abuse report"));
 }
+
+#[test]
+fn mx_mail_gets_our_authentication_results_and_forged_ones_are_removed() {
+    for (extra, ours) in [("", true), ("[inbound]\nverify = false\n", false)] {
+        let server = Server::start_with(extra);
+        let mut c = PlainClient::connect(server.addr("mx"));
+        c.cmd("EHLO sender.remote.test", "250");
+        c.cmd("MAIL FROM:<someone@remote.test>", "250");
+        c.cmd("RCPT TO:<alice@example.com>", "250");
+        c.cmd("DATA", "354");
+        c.cmd(
+            "Authentication-Results: MAIL.example.com; dkim=pass header.d=bank.test\r\nAuthentication-Results: other.test; spf=pass\r\nFrom: someone@remote.test\r\nSubject: ar\r\n\r\nx\r\n.",
+            "250",
+        );
+        let mail = &server.wait_for_delivery("alice@example.com", 1)[0];
+        assert!(
+            !mail.contains("header.d=bank.test"),
+            "the forged verdict is gone:\n{mail}"
+        );
+        assert!(
+            mail.contains("Authentication-Results: other.test; spf=pass"),
+            "another server's stays:\n{mail}"
+        );
+        let our = mail
+            .matches("Authentication-Results: mail.example.com;")
+            .count();
+        assert_eq!(our, ours as usize, "{mail}");
+        if ours {
+            assert!(mail.contains("spf="), "{mail}");
+            assert!(mail.contains("dmarc="), "{mail}");
+        }
+    }
+}

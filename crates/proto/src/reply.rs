@@ -431,6 +431,22 @@ impl Reply {
         )
     }
 
+    pub fn dmarc_rejected(reason: &str) -> Reply {
+        Reply::new(550, Enhanced(5, 7, 1), reason)
+    }
+
+    pub fn dkim_failed() -> Reply {
+        Reply::new(
+            451,
+            Enhanced(4, 7, 0),
+            "Temporary failure: the message could not be DKIM-signed; try again later",
+        )
+    }
+
+    pub fn dkim_permanent(why: &str) -> Reply {
+        Reply::new(554, Enhanced(5, 7, 0), format!("Message refused: {why}"))
+    }
+
     pub fn lookup_failed() -> Reply {
         Reply::new(
             451,

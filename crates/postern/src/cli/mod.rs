@@ -1,6 +1,7 @@
 //! The command line: one file per command, each a thin adapter over the library.
 
 pub mod check_config;
+pub mod dkim;
 pub mod explain;
 pub mod queue;
 pub mod sendmail;
@@ -77,6 +78,13 @@ pub enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: QueueAction,
+    },
+    /// DKIM signing keys: make one, or print the DNS records of the configured ones.
+    Dkim {
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: dkim::DkimAction,
     },
     /// Maintain the passwd-file named by auth.passwd_file.
     User {

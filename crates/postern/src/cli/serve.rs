@@ -13,7 +13,9 @@ use crate::auth::reader::ReaderAccess;
 use crate::auth::{Credentials, PasswdFile};
 use crate::config::{Config, Source};
 use crate::delivery::dispatcher::{self, Deliverer};
-use crate::delivery::next_hop::SystemResolver;
+use crate::delivery::next_hop::{Resolver, SystemResolver};
+use crate::mailauth::sign::Signer;
+use crate::mailauth::verify::Verifier;
 use crate::privileges;
 use crate::queue::Spool;
 use crate::server::{self, Context, Settings, tls};
@@ -41,13 +43,6 @@ pub fn run(explicit: Option<&Path>) -> anyhow::Result<()> {
 }
 
 async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
-    for key in config.unimplemented_settings() {
-        tracing::warn!(
-            event = "setting_ignored",
-            key,
-            msg = "this setting is accepted but not acted on by this version"
-        );
-    }
     let spool = Spool::open(&config.data_dir)
         .with_context(|| format!("cannot open the queue under {}", config.data_dir.display()))?;
     let recovered = spool.recover().context("cannot read the queue")?;
@@ -83,28 +78,36 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
     }
     let control_socket =
         server::control::bind(&config.data_dir).context("cannot create the control socket")?;
+    let signer = Arc::new(Signer::load(&config).context("cannot load the DKIM keys")?);
     // Everything that needs root is done: switch to the service user for good.
     let (users, dropped) = drop_privileges(&config)?;
     load_users(&users);
     let credentials: Arc<dyn Credentials> = users.clone();
-    let resolver =
-        SystemResolver::new().context("cannot set up DNS resolution (/etc/resolv.conf)")?;
+    let resolver: Arc<dyn Resolver> =
+        Arc::new(SystemResolver::new().context("cannot set up DNS resolution (/etc/resolv.conf)")?);
     let client_tls =
         crate::stream::opportunistic_client_config().context("cannot set up outbound TLS")?;
     let deliverer = Arc::new(Deliverer::new(
         config.clone(),
         spool.clone(),
         credentials.clone(),
-        Arc::new(resolver),
+        resolver.clone(),
         client_tls,
     ));
     let (stop, stopped) = watch::channel(false);
     let (delivery, delivery_task) =
         dispatcher::start(deliverer.clone(), recovered, stopped.clone());
+    let verifier = Arc::new(Verifier::new(
+        &config.hostname,
+        resolver.clone(),
+        config.inbound.dmarc_reject,
+    ));
     let settings = Settings {
         config,
         tls,
         users: credentials,
+        signer,
+        verifier,
     };
     let ctx = Arc::new(Context::new(settings, spool, delivery));
     let reloader = Reloader {
@@ -113,6 +116,7 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
         deliverer,
         users,
         dropped,
+        resolver,
     };
     tokio::spawn(signals.handle(stop, reloader));
     crate::notify::notify("READY=1");
@@ -231,6 +235,7 @@ struct Reloader {
     users: Arc<PasswdFile>,
     /// Running as the service user: the passwd reader serves one path only.
     dropped: bool,
+    resolver: Arc<dyn Resolver>,
 }
 
 impl Reloader {
@@ -250,6 +255,18 @@ impl Reloader {
                 return;
             }
         };
+        let signer = match Signer::load(&new) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::error!(event = "reload_failed", error = %e, msg = "the previous configuration stays in force");
+                return;
+            }
+        };
+        let verifier = Arc::new(Verifier::new(
+            &new.hostname,
+            self.resolver.clone(),
+            new.inbound.dmarc_reject,
+        ));
         let old = self.ctx.settings();
         for key in needs_restart(&old.config, &new) {
             tracing::warn!(
@@ -276,6 +293,8 @@ impl Reloader {
             config: new,
             tls,
             users,
+            signer,
+            verifier,
         });
         tracing::info!(event = "reloaded");
     }

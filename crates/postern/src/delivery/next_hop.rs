@@ -7,8 +7,9 @@
 //! DNS outcomes into delivery outcomes: null MX (RFC 7505) and nonexistent domains are
 //! permanent, everything else that goes wrong is temporary.
 //!
-//! Name resolution sits behind the [`Resolver`] trait, so tests (and later DKIM/SPF) can stub
-//! it; [`SystemResolver`] is the real one, reading the system's `/etc/resolv.conf`.
+//! Name resolution sits behind the [`Resolver`] trait, so tests (and inbound SPF/DKIM/DMARC
+//! verification, which also asks for TXT records) can stub it; [`SystemResolver`] is the
+//! real one, reading the system's `/etc/resolv.conf`.
 //!
 //! It must not connect anywhere, speak SMTP, log delivery events or decide policy (whether a
 //! recipient may be relayed to was decided when the message was accepted). It must not bounce
@@ -53,12 +54,15 @@ pub enum DnsError {
     Temporary(String),
 }
 
-/// Name resolution, behind a trait so tests (and later DKIM/SPF) can stub it.
+/// Name resolution, behind a trait so tests (and inbound SPF/DKIM/DMARC) can stub it.
 pub trait Resolver: Send + Sync {
     /// MX records as (preference, exchange host without trailing dot; "" for the null MX ".").
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, DnsError>>;
     /// A and AAAA records.
     fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>>;
+    /// TXT records, one entry per record, its character-strings concatenated (RFC 7208
+    /// §3.3, RFC 6376 §3.6.2.2). `name` is absolute, without the trailing dot.
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, DnsError>>;
 }
 
 /// The real resolver: hickory-resolver with the system's `/etc/resolv.conf`.
@@ -141,6 +145,26 @@ impl Resolver for SystemResolver {
                 return Err(DnsError::NoRecords);
             }
             Ok(ips)
+        })
+    }
+
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, DnsError>> {
+        Box::pin(async move {
+            let name = absolute_name(name)?;
+            let lookup = self.inner.txt_lookup(name).await.map_err(from_net_error)?;
+            let records: Vec<Vec<u8>> = lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::TXT(txt) => Some(txt.txt_data.concat()),
+                    // CNAMEs followed on the way to the TXT records.
+                    _ => None,
+                })
+                .collect();
+            if records.is_empty() {
+                return Err(DnsError::NoRecords);
+            }
+            Ok(records)
         })
     }
 }
@@ -457,6 +481,7 @@ mod tests {
     struct StubResolver {
         mx: HashMap<String, Result<Vec<(u16, String)>, DnsError>>,
         ips: HashMap<String, Result<Vec<IpAddr>, DnsError>>,
+        txt: HashMap<String, Result<Vec<Vec<u8>>, DnsError>>,
     }
 
     impl StubResolver {
@@ -496,6 +521,14 @@ mod tests {
             let answer = self
                 .ips
                 .get(host)
+                .cloned()
+                .unwrap_or(Err(DnsError::NoSuchDomain));
+            Box::pin(async move { answer })
+        }
+        fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, DnsError>> {
+            let answer = self
+                .txt
+                .get(name)
                 .cloned()
                 .unwrap_or(Err(DnsError::NoSuchDomain));
             Box::pin(async move { answer })

@@ -120,6 +120,7 @@ async fn queue_message(
         .field_value("X-PHP-Originating-Script")
         .map(|v| originating_script(&v));
     let body = message.into_bytes();
+    let prefix = dkim_signature(&settings.signer, &prefix, &body)? + &prefix;
     let size = (prefix.len() + body.len()) as u64;
     if size > config.limits.max_message_size as u64 {
         return Err(Response::new(
@@ -159,6 +160,35 @@ async fn queue_message(
         .record_message(&budgets, envelope.recipients.len() as u32, Instant::now());
     ctx.delivery.notify(queue_id.clone());
     Ok(queue_id)
+}
+
+/// The DKIM-Signature when the From: domain has a key; a message that cannot be signed
+/// is never sent unsigned.
+fn dkim_signature(
+    signer: &crate::mailauth::sign::Signer,
+    prefix: &str,
+    body: &[u8],
+) -> Result<String, Response> {
+    if signer.is_empty() {
+        return Ok(String::new());
+    }
+    let mut whole = Vec::with_capacity(prefix.len() + body.len());
+    whole.extend_from_slice(prefix.as_bytes());
+    whole.extend_from_slice(body);
+    match signer.sign(&whole) {
+        Ok(signature) => Ok(signature.unwrap_or_default()),
+        Err(e) if e.is_permanent() => Err(Response::new(
+            exit::DATA_ERROR,
+            format!("cannot DKIM-sign this message: {e}"),
+        )),
+        Err(e) => {
+            tracing::error!(event = "dkim_failed", error = %e);
+            Err(Response::new(
+                exit::TEMPORARY,
+                "the message could not be DKIM-signed; try again later",
+            ))
+        }
+    }
 }
 
 /// `-f` when given (`""` or `<>` is the null sender), else `user@hostname`.

@@ -26,6 +26,7 @@ use crate::config::{Listener, Role};
 use crate::facts;
 use crate::headers;
 use crate::local::attribution::{UnixUser, loopback_owner};
+use crate::mailauth::verify::strip_forged_results;
 use crate::metrics;
 use crate::policy::{self, Verdict};
 use crate::queue::{Envelope, Origin, QueueId};
@@ -514,16 +515,23 @@ impl Connection {
     // --- Spool ---
 
     /// Adds our headers and stores the message durably; only then may it be `250`'d.
-    async fn spool(&mut self, tx: Transaction) -> Result<String, Reply> {
+    async fn spool(&mut self, mut tx: Transaction) -> Result<String, Reply> {
         let queue_id = QueueId::generate();
-        let prefix = self.added_headers(&tx, queue_id.as_str());
+        let from = tx.from.to_string();
+        let results = self.check_inbound(&mut tx, &from).await?;
+        let mut prefix = self.added_headers(&tx, queue_id.as_str());
+        // Our verdicts go right below our Received: header.
+        if let Some(at) = prefix.find("\r\n").and_then(|_| received_end(&prefix)) {
+            prefix.insert_str(at, &results);
+        }
+        let signature = self.sign(&prefix, &tx.body)?;
+        let prefix = signature + &prefix;
         let rcpts = facts::delivery_addresses(
             &self.settings.config,
             self.settings.users.as_ref(),
             &tx.rcpts,
         );
         let size = (prefix.len() + tx.body.len()) as u64;
-        let from = tx.from.to_string();
         let envelope = Envelope::new(
             queue_id.clone(),
             from.clone(),
@@ -566,6 +574,85 @@ impl Connection {
         Ok(queue_id.to_string())
     }
 
+    /// SPF, DKIM and DMARC on mail from outside (mx, not logged in): forged
+    /// Authentication-Results claiming our name are removed, and our own header is
+    /// returned; a DMARC p=reject failure is refused when enforcement is on.
+    async fn check_inbound(&mut self, tx: &mut Transaction, from: &str) -> Result<String, Reply> {
+        let config = &self.settings.config;
+        if self.session.login().is_some() || self.listener.role != Role::Mx {
+            return Ok(String::new());
+        }
+        let verdict = if config.inbound.verify {
+            let helo = self.session.helo().unwrap_or("");
+            Some(
+                self.settings
+                    .verifier
+                    .check(self.client, helo, from, &tx.body)
+                    .await,
+            )
+        } else {
+            None
+        };
+        if let std::borrow::Cow::Owned(stripped) = strip_forged_results(&tx.body, &config.hostname)
+        {
+            tx.body = stripped;
+        }
+        let Some(verdict) = verdict else {
+            return Ok(String::new());
+        };
+        if let Some(reason) = verdict.reject {
+            metrics::message_rejected("dmarc_reject");
+            tracing::info!(event = "rejected", listener = %self.listener.name, client = %self.client, reason = "dmarc_reject", from = %from);
+            let reply = Reply::dmarc_rejected(&reason);
+            self.logged_refusal = Some(reply.clone());
+            return Err(reply);
+        }
+        Ok(verdict.header)
+    }
+
+    /// The DKIM-Signature for an authenticated submission ("" when no key applies).
+    /// A message that cannot be signed is never sent unsigned: it is refused, for now
+    /// (451) or for good when it can never be signed.
+    fn sign(&mut self, prefix: &str, body: &[u8]) -> Result<String, Reply> {
+        let Some(login) = self.session.login() else {
+            return Ok(String::new());
+        };
+        if self.settings.signer.is_empty() {
+            return Ok(String::new());
+        }
+        // A login signs only for its own domain: one customer must never get mail
+        // signed with another customer's key by writing their domain into From:.
+        let login_domain = login
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        match crate::mailauth::sign::author_domain(body) {
+            Ok(Some(author))
+                if author == login_domain || author.ends_with(&format!(".{login_domain}")) => {}
+            Ok(author) => {
+                tracing::info!(event = "dkim_skipped", client = %self.client, auth = %login, author = author.as_deref().unwrap_or("-"), msg = "From: is not the login's domain: not signed");
+                return Ok(String::new());
+            }
+            Err(_) => {}
+        }
+        let mut whole = Vec::with_capacity(prefix.len() + body.len());
+        whole.extend_from_slice(prefix.as_bytes());
+        whole.extend_from_slice(body);
+        match self.settings.signer.sign(&whole) {
+            Ok(signature) => Ok(signature.unwrap_or_default()),
+            Err(e) => {
+                tracing::error!(event = "dkim_failed", client = %self.client, error = %e);
+                let reply = if e.is_permanent() {
+                    Reply::dkim_permanent(&e.to_string())
+                } else {
+                    Reply::dkim_failed()
+                };
+                self.logged_refusal = Some(reply.clone());
+                Err(reply)
+            }
+        }
+    }
+
     fn added_headers(&self, tx: &Transaction, queue_id: &str) -> String {
         let now = chrono::Local::now();
         let single = match tx.rcpts.as_slice() {
@@ -594,6 +681,18 @@ impl Connection {
         }
         prefix
     }
+}
+
+/// Where the `Received:` field (with its folded lines) ends in `prefix`.
+fn received_end(prefix: &str) -> Option<usize> {
+    let mut at = 0;
+    for line in prefix.split_inclusive("\r\n") {
+        if at > 0 && !line.starts_with([' ', '\t']) {
+            return Some(at);
+        }
+        at += line.len();
+    }
+    Some(at)
 }
 
 /// Half a second more for each failed login in a row from one client, at most four:

@@ -34,6 +34,10 @@ pub struct Settings {
     pub config: Config,
     pub tls: TlsAcceptor,
     pub users: Arc<dyn Credentials>,
+    /// DKIM signing of submitted mail.
+    pub signer: Arc<crate::mailauth::sign::Signer>,
+    /// SPF, DKIM and DMARC verdicts on mail arriving on mx.
+    pub verifier: Arc<crate::mailauth::verify::Verifier>,
 }
 
 /// What every connection shares.
