@@ -255,23 +255,9 @@ fn kill_9_during_a_burst_loses_nothing() {
     }
     server.kill9();
     server.restart();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let unique = || {
-        sink.received()
-            .iter()
-            .filter_map(|m| {
-                m.text()
-                    .lines()
-                    .find(|l| l.starts_with("Subject: burst "))
-                    .map(str::to_string)
-            })
-            .collect::<HashSet<_>>()
-    };
-    while unique().len() < total && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let unique = distinct_subjects(&sink, "Subject: burst ", total);
     assert_eq!(
-        unique().len(),
+        unique,
         total,
         "every acknowledged message arrives (duplicates allowed); log:\n{}",
         server.log_text()
@@ -464,20 +450,28 @@ fn sigterm_during_deliveries_exits_zero_and_loses_nothing() {
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
     server.restart();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let unique = || {
+    let unique = distinct_subjects(&sink, "Subject: term ", total);
+    assert_eq!(unique, total, "log:\n{}", server.log_text());
+}
+
+/// Waits (at most 30 s) until the sink has `total` different subjects starting with
+/// `prefix`, and returns how many it has: duplicates are allowed, losses are not.
+fn distinct_subjects(sink: &Sink, prefix: &str, total: usize) -> usize {
+    let count = || {
         sink.received()
             .iter()
             .filter_map(|m| {
                 m.text()
                     .lines()
-                    .find(|l| l.starts_with("Subject: term "))
+                    .find(|l| l.starts_with(prefix))
                     .map(str::to_string)
             })
             .collect::<HashSet<_>>()
+            .len()
     };
-    while unique().len() < total && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count() < total && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(unique().len(), total, "log:\n{}", server.log_text());
+    count()
 }
