@@ -7,6 +7,7 @@
 //! a new one. At the end, one JSON line on stdout summarizes the run; the exit status is 1
 //! if any error occurred, 2 on a usage error.
 
+mod sink;
 mod smtp;
 mod stats;
 
@@ -84,6 +85,10 @@ struct Options {
     /// Runtime threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Instead of sending: be an SMTP sink on ADDR that accepts every message and
+    /// discards it, printing the counts as JSON lines when they change; runs until killed.
+    #[arg(long, value_name = "ADDR")]
+    sink: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,6 +188,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+
+    if let Some(addr) = options.sink {
+        return match runtime.block_on(sink::run(addr)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("postern-bench: sink on {addr}: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
 
     let start = Instant::now();
     let stats = runtime.block_on(run(plan, Arc::new(work), options.connections));

@@ -1,0 +1,106 @@
+# Shared by bench/run.sh and bench/postfix.sh (sourced). The caller sets B (the directory
+# with postern-bench), DIR (its temporary directory), SERVER (a name for the output) and
+# defines: server_pids (the root processes of the server under test, one a line) and
+# queue_empty (status 0 when every accepted message has left the queue).
+
+HZ=$(getconf CLK_TCK)
+
+# A process and all its descendants, one pid a line.
+tree_pids() {
+    local pid=$1 child
+    echo "$pid"
+    for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        tree_pids "$child"
+    done
+}
+all_pids() {
+    local root
+    for root in $(server_pids); do
+        tree_pids "$root"
+    done
+}
+# CPU clock ticks of the server: utime + stime + cutime + cstime over its live processes.
+# The children that exited were waited for by a live parent, so their time is in that
+# parent's cutime + cstime: everything is counted once.
+cpu_ticks() {
+    local pid
+    for pid in $(all_pids); do
+        # After "pid (comm) ", utime, stime, cutime, cstime are fields 12 to 15.
+        sed 's/^.*) //' /proc/"$pid"/stat 2>/dev/null || true
+    done | awk '{t += $12 + $13 + $14 + $15} END {print t + 0}'
+}
+# Sum of the peak RSS (VmHWM) of the live processes, in KiB.
+peak_rss_kib() {
+    local pid
+    for pid in $(all_pids); do
+        cat /proc/"$pid"/status 2>/dev/null || true
+    done | awk '/^VmHWM:/ {t += $2} END {print t + 0}'
+}
+reset_peak_rss() {
+    local pid
+    for pid in $(all_pids); do
+        echo 5 > /proc/"$pid"/clear_refs 2>/dev/null || true
+    done
+}
+# Messages the sink accepted so far (it prints its counts as JSON lines on change).
+sink_count() {
+    local n
+    n=$(tail -n 1 "$DIR/sink.out" | grep -o '"sink_messages":[0-9]*' | cut -d: -f2 || true)
+    echo "${n:-0}"
+}
+# Files in a Maildir's new/.
+maildir_count() {
+    if [[ -d $1/new ]]; then find "$1/new" -type f | wc -l; else echo 0; fi
+}
+now() {
+    date +%s.%N
+}
+
+# workload NAME COUNT_COMMAND BENCH_ARGS...: runs postern-bench, waits (at most 300 s)
+# until the queue is empty, prints one JSON line. COUNT_COMMAND (word-split) prints how
+# many messages have arrived at the destination.
+workload() {
+    local name=$1 counter=$2
+    shift 2
+    local before_count cpu0 t0 out t_acc t_end cpu1 msgs delivered
+    sleep 1
+    before_count=$($counter)
+    reset_peak_rss
+    cpu0=$(cpu_ticks)
+    t0=$(now)
+    out=$("$B/postern-bench" "$@" 2> "$DIR/bench-$name.err") || true
+    t_acc=$(now)
+    for _ in $(seq 3000); do
+        queue_empty && break
+        sleep 0.1
+    done
+    queue_empty || echo "$name: the queue did not empty in 300 s" >&2
+    t_end=$(now)
+    cpu1=$(cpu_ticks)
+    sleep 0.3 # the sink prints its count every 100 ms
+    msgs=$(grep -o '"messages":[0-9]*' <<< "$out" | cut -d: -f2 || true)
+    delivered=$(($($counter) - before_count))
+    awk -v server="$SERVER" -v name="$name" -v out="$out" -v t0="$t0" -v t_acc="$t_acc" \
+        -v t_end="$t_end" -v c0="$cpu0" -v c1="$cpu1" -v hz="$HZ" -v msgs="${msgs:-0}" \
+        -v delivered="$delivered" -v rss="$(peak_rss_kib)" 'BEGIN {
+        cpu = (c1 - c0) / hz
+        e2e = t_end - t0
+        printf "{\"server\":\"%s\",\"workload\":\"%s\",\"accepted\":%d,\"delivered\":%d,", server, name, msgs, delivered
+        printf "\"accept_s\":%.3f,\"end_to_end_s\":%.3f,\"end_to_end_msgs_per_s\":%.1f,", t_acc - t0, e2e, (e2e > 0 ? msgs / e2e : 0)
+        printf "\"server_cpu_s\":%.2f,\"server_cpu_ms_per_msg\":%.3f,\"peak_rss_mib\":%.1f,\"bench\":%s}\n", cpu, (msgs > 0 ? cpu * 1000 / msgs : 0), rss / 1024, out
+    }'
+}
+
+# The three workloads of the performance issue. SUB_PORT, MX_PORT, USER_ADDR, PASSWORD,
+# TOTAL_A/B/C and MAILDIR (the user's Maildir) are set by the caller.
+run_workloads() {
+    local sub=(--addr "127.0.0.1:$SUB_PORT" --tls starttls --auth "$USER_ADDR:$PASSWORD"
+        --rcpt-domain relay.test --rcpt-user sink)
+    workload submission-50x10-relayed sink_count "${sub[@]}" \
+        --connections 50 --messages-per-connection 10 --total "$TOTAL_A"
+    workload submission-1-per-conn-relayed sink_count "${sub[@]}" \
+        --connections 50 --messages-per-connection 1 --total "$TOTAL_B"
+    workload mx-50x10-maildir "maildir_count $MAILDIR" --addr "127.0.0.1:$MX_PORT" \
+        --rcpt-domain bench.test --rcpt-user bench \
+        --connections 50 --messages-per-connection 10 --total "$TOTAL_C"
+}
