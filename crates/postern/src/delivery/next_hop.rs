@@ -475,65 +475,8 @@ pub async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{HashMap, HashSet};
-
-    #[derive(Default)]
-    struct StubResolver {
-        mx: HashMap<String, Result<Vec<(u16, String)>, DnsError>>,
-        ips: HashMap<String, Result<Vec<IpAddr>, DnsError>>,
-        txt: HashMap<String, Result<Vec<Vec<u8>>, DnsError>>,
-    }
-
-    impl StubResolver {
-        fn mx(mut self, domain: &str, records: &[(u16, &str)]) -> Self {
-            let records = records.iter().map(|(p, h)| (*p, h.to_string())).collect();
-            self.mx.insert(domain.to_string(), Ok(records));
-            self
-        }
-        fn mx_err(mut self, domain: &str, err: DnsError) -> Self {
-            self.mx.insert(domain.to_string(), Err(err));
-            self
-        }
-        fn ips(mut self, host: &str, ips: &[&str]) -> Self {
-            let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
-            self.ips.insert(host.to_string(), Ok(ips));
-            self
-        }
-        fn ips_err(mut self, host: &str, err: DnsError) -> Self {
-            self.ips.insert(host.to_string(), Err(err));
-            self
-        }
-    }
-
-    impl Resolver for StubResolver {
-        fn mx<'a>(
-            &'a self,
-            domain: &'a str,
-        ) -> BoxFuture<'a, Result<Vec<(u16, String)>, DnsError>> {
-            let answer = self
-                .mx
-                .get(domain)
-                .cloned()
-                .unwrap_or(Err(DnsError::NoSuchDomain));
-            Box::pin(async move { answer })
-        }
-        fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>> {
-            let answer = self
-                .ips
-                .get(host)
-                .cloned()
-                .unwrap_or(Err(DnsError::NoSuchDomain));
-            Box::pin(async move { answer })
-        }
-        fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, DnsError>> {
-            let answer = self
-                .txt
-                .get(name)
-                .cloned()
-                .unwrap_or(Err(DnsError::NoSuchDomain));
-            Box::pin(async move { answer })
-        }
-    }
+    use crate::delivery::stub_resolver::StubResolver;
+    use std::collections::HashSet;
 
     fn routing(routes: &[(&str, &str)], relay_host: Option<&str>) -> Routing {
         Routing {

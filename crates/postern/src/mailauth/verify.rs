@@ -1030,76 +1030,16 @@ fn authserv_id_of(value: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::next_hop::BoxFuture as ResolverFuture;
+    use crate::delivery::stub_resolver::StubResolver as Stub;
     use mail_auth::common::crypto::Ed25519Key;
     use mail_auth::common::headers::HeaderWriter;
     use mail_auth::dkim::DkimSigner;
-    use std::sync::Mutex;
 
     const US: &str = "mx.example.net";
     const GOOD_IP: &str = "192.0.2.10";
     const BAD_IP: &str = "198.51.100.1";
     const MESSAGE: &str = "From: Alice <alice@example.com>\r\nTo: bob@example.net\r\n\
                            Subject: hello\r\n\r\nHi Bob.\r\n";
-
-    /// DNS answers by name; anything else does not exist. Remembers every query.
-    #[derive(Default)]
-    struct Stub {
-        txt: HashMap<String, Result<Vec<Vec<u8>>, DnsError>>,
-        ips: HashMap<String, Result<Vec<IpAddr>, DnsError>>,
-        mx: HashMap<String, Result<Vec<(u16, String)>, DnsError>>,
-        queries: Mutex<Vec<String>>,
-    }
-
-    impl Stub {
-        fn txt(mut self, name: &str, records: &[&str]) -> Self {
-            let records = records.iter().map(|r| r.as_bytes().to_vec()).collect();
-            self.txt.insert(name.to_string(), Ok(records));
-            self
-        }
-        fn txt_err(mut self, name: &str, err: DnsError) -> Self {
-            self.txt.insert(name.to_string(), Err(err));
-            self
-        }
-        fn ips(mut self, host: &str, ips: &[&str]) -> Self {
-            let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
-            self.ips.insert(host.to_string(), Ok(ips));
-            self
-        }
-        fn ips_err(mut self, host: &str, err: DnsError) -> Self {
-            self.ips.insert(host.to_string(), Err(err));
-            self
-        }
-        fn mx(mut self, domain: &str, records: &[(u16, &str)]) -> Self {
-            let records = records.iter().map(|(p, h)| (*p, h.to_string())).collect();
-            self.mx.insert(domain.to_string(), Ok(records));
-            self
-        }
-        fn asked(&self, kind: &str, name: &str) {
-            self.queries.lock().unwrap().push(format!("{kind} {name}"));
-        }
-    }
-
-    impl Resolver for Stub {
-        fn mx<'a>(
-            &'a self,
-            domain: &'a str,
-        ) -> ResolverFuture<'a, Result<Vec<(u16, String)>, DnsError>> {
-            self.asked("MX", domain);
-            let answer = self.mx.get(domain).cloned();
-            Box::pin(async move { answer.unwrap_or(Err(DnsError::NoSuchDomain)) })
-        }
-        fn ips<'a>(&'a self, host: &'a str) -> ResolverFuture<'a, Result<Vec<IpAddr>, DnsError>> {
-            self.asked("A", host);
-            let answer = self.ips.get(host).cloned();
-            Box::pin(async move { answer.unwrap_or(Err(DnsError::NoSuchDomain)) })
-        }
-        fn txt<'a>(&'a self, name: &'a str) -> ResolverFuture<'a, Result<Vec<Vec<u8>>, DnsError>> {
-            self.asked("TXT", name);
-            let answer = self.txt.get(name).cloned();
-            Box::pin(async move { answer.unwrap_or(Err(DnsError::NoSuchDomain)) })
-        }
-    }
 
     fn temporary() -> DnsError {
         DnsError::Temporary("SERVFAIL".to_string())
@@ -1177,6 +1117,14 @@ mod tests {
             .unwrap()
     }
 
+    /// The SPF result word ("pass", "fail", ...) for MAIL FROM:<alice@example.com> from `ip`.
+    async fn spf_verdict(stub: Stub, ip: &str) -> String {
+        let inbound = check(stub, ip, MESSAGE).await;
+        let result = spf_mail_from(&inbound);
+        let verdict = result.split(' ').next().unwrap_or_default();
+        verdict.trim_start_matches("spf=").to_string()
+    }
+
     fn result_of(inbound: &Inbound, method: &str) -> String {
         results(&inbound.header)
             .into_iter()
@@ -1215,60 +1163,48 @@ mod tests {
     #[tokio::test]
     async fn spf_softfail_and_neutral() {
         let stub = spf_stub("v=spf1 ip4:192.0.2.0/24 ~all");
-        let inbound = check(stub, BAD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=softfail "));
+        assert_eq!(spf_verdict(stub, BAD_IP).await, "softfail");
         let stub = spf_stub("v=spf1 ip4:192.0.2.0/24 ?all");
-        let inbound = check(stub, BAD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=neutral "));
+        assert_eq!(spf_verdict(stub, BAD_IP).await, "neutral");
         // No match and no "all": neutral (§4.7).
         let stub = spf_stub("v=spf1 ip4:192.0.2.0/24");
-        let inbound = check(stub, BAD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=neutral "));
+        assert_eq!(spf_verdict(stub, BAD_IP).await, "neutral");
     }
 
     #[tokio::test]
     async fn spf_none() {
         // No such domain, no TXT at all, and TXT records that are not SPF.
-        let inbound = check(Stub::default(), GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=none "));
+        assert_eq!(spf_verdict(Stub::default(), GOOD_IP).await, "none");
         let stub = Stub::default().txt_err("example.com", DnsError::NoRecords);
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=none "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "none");
         let stub = spf_stub("google-site-verification=abc");
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=none "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "none");
     }
 
     #[tokio::test]
     async fn spf_temperror() {
         let stub = Stub::default().txt_err("example.com", temporary());
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=temperror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "temperror");
         // Also when a lookup the record needs fails temporarily.
         let stub = spf_stub("v=spf1 include:_spf.example.org -all")
             .txt_err("_spf.example.org", temporary());
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=temperror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "temperror");
         let stub =
             spf_stub("v=spf1 a:out.example.com -all").ips_err("out.example.com", temporary());
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=temperror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "temperror");
     }
 
     #[tokio::test]
     async fn spf_permerror() {
         // Two SPF records (§4.5), a syntax error, an include without record (§5.2).
         let stub = spf_stub("v=spf1 -all").txt("example.com", &["v=spf1 -all", "v=spf1 +all"]);
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=permerror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "permerror");
         // (mail-auth's parser is lenient with some errors, e.g. "ip4:300.1.1.1" or an
         // unknown mechanism, which it ignores; a missing address it refuses.)
         let stub = spf_stub("v=spf1 ip4 -all");
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=permerror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "permerror");
         let stub = spf_stub("v=spf1 include:nothing.example.org -all");
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=permerror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "permerror");
     }
 
     #[tokio::test]
@@ -1337,12 +1273,10 @@ mod tests {
     #[tokio::test]
     async fn spf_ipv6_client() {
         let stub = spf_stub("v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all");
-        let inbound = check(stub, "2001:db8::25", MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=pass "));
+        assert_eq!(spf_verdict(stub, "2001:db8::25").await, "pass");
         // An IPv4-mapped IPv6 address is the IPv4 client.
         let stub = spf_stub("v=spf1 ip4:192.0.2.0/24 -all");
-        let inbound = check(stub, "::ffff:192.0.2.10", MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=pass "));
+        assert_eq!(spf_verdict(stub, "::ffff:192.0.2.10").await, "pass");
     }
 
     #[tokio::test]
@@ -1354,31 +1288,26 @@ mod tests {
         for i in 0..11 {
             stub = stub.ips(&format!("h{i}.example.com"), &["203.0.113.1"]);
         }
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=permerror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "permerror");
         // …10 are fine.
         let record = format!("v=spf1 {} -all", many[..10].join(" "));
         let mut stub = spf_stub(&record);
         for i in 0..10 {
             stub = stub.ips(&format!("h{i}.example.com"), &["203.0.113.1"]);
         }
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=fail "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "fail");
         // A third void lookup: permerror.
         let stub = spf_stub("v=spf1 a:v1.example.com a:v2.example.com a:v3.example.com -all");
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=permerror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "permerror");
         // Names with only AAAA records are void for an IPv4 client's "a".
         let stub = spf_stub("v=spf1 a:v1.example.com a:v2.example.com a:v3.example.com -all")
             .ips("v1.example.com", &["2001:db8::1"])
             .ips("v2.example.com", &["2001:db8::2"])
             .ips("v3.example.com", &["2001:db8::3"]);
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=permerror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "permerror");
         // An include loop ends at the limit.
         let stub = spf_stub("v=spf1 include:example.com -all");
-        let inbound = check(stub, GOOD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=permerror "));
+        assert_eq!(spf_verdict(stub, GOOD_IP).await, "permerror");
     }
 
     #[tokio::test]
@@ -1494,9 +1423,7 @@ mod tests {
             .count();
         assert_eq!(dkim, 8);
         let key_queries = stub
-            .queries
-            .lock()
-            .unwrap()
+            .queries()
             .iter()
             .filter(|q| q.contains("._domainkey."))
             .count();
@@ -1676,8 +1603,7 @@ mod tests {
         let stub = Stub::default()
             .txt_err("example.com", temporary())
             .txt("_dmarc.example.com", &[DMARC_REJECT]);
-        let inbound = check(stub, BAD_IP, MESSAGE).await;
-        assert!(spf_mail_from(&inbound).starts_with("spf=temperror "));
+        assert_eq!(spf_verdict(stub, BAD_IP).await, "temperror");
         assert!(result_of(&inbound, "dmarc").starts_with("dmarc=temperror"));
         assert_eq!(inbound.reject, None);
         // p=reject, and the aligned signature's key could not be fetched.
@@ -1705,7 +1631,7 @@ mod tests {
             )
             .await;
         assert!(inbound.reject.is_some());
-        let mut queries = stub.queries.lock().unwrap().clone();
+        let mut queries = stub.queries();
         queries.sort();
         assert_eq!(
             queries,
