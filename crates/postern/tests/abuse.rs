@@ -107,10 +107,7 @@ fn a_blocked_client_cannot_log_in_while_another_user_on_the_box_can() {
         "import smtplib, ssl\ns = smtplib.SMTP('127.0.0.1', {})\ns.starttls(context=ssl._create_unverified_context())\nprint(s.login('bob@example.com', '{PASSWORD}')[0])\n",
         server.addr("submission").port()
     );
-    let out = std::process::Command::new("runuser")
-        .args(["-u", "posterntest", "--", "python3", "-c", &script])
-        .output()
-        .unwrap();
+    let out = common::python_as("posterntest", &script);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "235",
@@ -127,12 +124,7 @@ fn failed_logins_are_answered_more_and_more_slowly() {
     for _ in 0..4 {
         c.cmd(&format!("AUTH PLAIN {wrong}"), "535");
     }
-    let delays: Vec<String> = server
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains("event=auth_failed"))
-        .filter_map(|l| field(l, "delay_ms"))
-        .collect();
+    let delays = auth_failure_delays(&server);
     assert_eq!(delays, ["0", "500", "1000", "1500"]);
     // A success resets the count: the next typo costs nothing again.
     c.login("alice@example.com", PASSWORD);
@@ -157,18 +149,20 @@ fn guessing_one_login_from_several_clients_slows_down_too() {
         "import smtplib, ssl\ns = smtplib.SMTP('127.0.0.1', {})\ns.starttls(context=ssl._create_unverified_context())\ntry:\n    s.login('alice@example.com', 'guess')\nexcept smtplib.SMTPAuthenticationError as e:\n    print(e.smtp_code)\n",
         server.addr("submission").port()
     );
-    let out = std::process::Command::new("runuser")
-        .args(["-u", "posterntest", "--", "python3", "-c", &script])
-        .output()
-        .unwrap();
+    let out = common::python_as("posterntest", &script);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "535");
-    let delays: Vec<String> = server
+    let delays = auth_failure_delays(&server);
+    // smtplib tries PLAIN, then LOGIN: two more failures from the second client, slowed
+    // by the login's count (counted per client alone they would be 0 and 500).
+    assert_eq!(delays, ["0", "500", "1000", "1500"]);
+}
+
+/// The `delay_ms` of every `event=auth_failed` line so far, in order.
+fn auth_failure_delays(server: &Server) -> Vec<String> {
+    server
         .log_lines()
         .iter()
         .filter(|l| l.contains("event=auth_failed"))
         .filter_map(|l| field(l, "delay_ms"))
-        .collect();
-    // smtplib tries PLAIN, then LOGIN: two more failures from the second client, slowed
-    // by the login's count (counted per client alone they would be 0 and 500).
-    assert_eq!(delays, ["0", "500", "1000", "1500"]);
+        .collect()
 }

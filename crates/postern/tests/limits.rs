@@ -40,10 +40,7 @@ fn one_client_cannot_take_every_connection() {
             "import socket\ns = socket.create_connection(('127.0.0.1', {}))\nprint(s.recv(100).decode().strip())\n",
             server.addr("mx").port()
         );
-        let out = std::process::Command::new("runuser")
-            .args(["-u", "posterntest", "--", "python3", "-c", &script])
-            .output()
-            .unwrap();
+        let out = common::python_as("posterntest", &script);
         assert!(
             String::from_utf8_lossy(&out.stdout).starts_with("220 "),
             "{out:?}"

@@ -258,10 +258,7 @@ fn a_loopback_smtp_session_is_attributed_to_its_unix_user() {
         "import smtplib\nfor i in range(2):\n    s = smtplib.SMTP('127.0.0.1', {})\n    try:\n        s.sendmail('someone@remote.test', ['alice@example.com'], 'Subject: tcp\\r\\n\\r\\nx\\r\\n')\n        print('sent')\n    except smtplib.SMTPException as e:\n        print('refused', e)\n    s.quit()\n",
         server.addr("mx").port()
     );
-    let out = std::process::Command::new("runuser")
-        .args(["-u", TEST_USER, "--", "python3", "-c", &script])
-        .output()
-        .expect("python3");
+    let out = common::python_as(TEST_USER, &script);
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         printed.starts_with("sent\nrefused"),

@@ -493,6 +493,15 @@ pub fn test_user(name: &str) -> Option<u32> {
         .map(|u| u.uid.as_raw())
 }
 
+/// Runs a Python script as the Unix user `user` (see `test_user`), for clients that
+/// must not be root.
+pub fn python_as(user: &str, script: &str) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", user, "--", "python3", "-c", script])
+        .output()
+        .expect("runuser python3")
+}
+
 /// Polls `condition` until it holds or the timeout passes; returns whether it held.
 pub fn wait_until(condition: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + READY_TIMEOUT;
