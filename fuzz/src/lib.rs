@@ -2,7 +2,7 @@
 //! driver that says yes to everything, and the invariants every target checks.
 
 use postern_proto::Reply;
-use postern_proto::command::{Body, Command};
+use postern_proto::command::Command;
 use postern_proto::server::{Action, Question, Session, SessionConfig, Transaction};
 
 /// The octets of RFC 5321 command lines. Mapping random input into it (as smtp-proto's
@@ -37,21 +37,7 @@ pub fn assert_crlf_only(text: &[u8]) {
 /// The canonical line of a MAIL or RCPT command, `None` for other commands.
 pub fn render_command(command: &Command) -> Option<String> {
     match command {
-        Command::Mail { from, params } => {
-            let mut line = format!("MAIL FROM:<{from}>");
-            if let Some(n) = params.size {
-                line += &format!(" SIZE={n}");
-            }
-            match params.body {
-                Some(Body::SevenBit) => line += " BODY=7BIT",
-                Some(Body::EightBitMime) => line += " BODY=8BITMIME",
-                None => {}
-            }
-            if params.smtputf8 {
-                line += " SMTPUTF8";
-            }
-            Some(line)
-        }
+        Command::Mail { from, params } => Some(format!("MAIL FROM:<{from}>{params}")),
         Command::Rcpt { to } => Some(format!("RCPT TO:<{to}>")),
         _ => None,
     }

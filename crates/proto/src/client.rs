@@ -44,8 +44,9 @@
 //! The client reads no clock: the caller applies the timeouts of RFC 5321 §4.5.3.2.
 
 use std::collections::VecDeque;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
+use crate::command::{Body, MailParams};
 use crate::reply::Enhanced;
 
 /// Longest reply line accepted, line ending included. RFC 5321 §4.5.3.1.5 sets 512, but
@@ -608,21 +609,14 @@ impl Client {
     }
 
     fn mail_command(&self, envelope: &Envelope) -> Vec<u8> {
-        let mut command = format!("MAIL FROM:<{}>", envelope.from);
-        // RFC 1870 §6: declare the size to a server that offers SIZE.
-        if self.extensions.size.is_some() {
-            let _ = write!(command, " SIZE={}", envelope.size);
-        }
-        // RFC 6152 §2.
-        if envelope.eight_bit && self.extensions.eight_bit_mime {
-            command.push_str(" BODY=8BITMIME");
-        }
-        // RFC 6531 §3.4.
-        if needs_smtputf8(envelope) && self.extensions.smtputf8 {
-            command.push_str(" SMTPUTF8");
-        }
-        command.push_str("\r\n");
-        command.into_bytes()
+        // Declare only what the server offers (RFC 1870 §6, RFC 6152 §2, RFC 6531 §3.4).
+        let params = MailParams {
+            size: self.extensions.size.map(|_| envelope.size),
+            body: (envelope.eight_bit && self.extensions.eight_bit_mime)
+                .then_some(Body::EightBitMime),
+            smtputf8: needs_smtputf8(envelope) && self.extensions.smtputf8,
+        };
+        format!("MAIL FROM:<{}>{params}\r\n", envelope.from).into_bytes()
     }
 
     fn on_mail(&mut self, request: Request, reply: ServerReply) {

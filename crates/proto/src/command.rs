@@ -22,6 +22,28 @@ pub struct MailParams {
     pub smtputf8: bool,
 }
 
+/// The parameters as they follow `MAIL FROM:<path>`, each with its leading space;
+/// empty when there are none. Parsing the result gives the same parameters back.
+impl std::fmt::Display for MailParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // RFC 1870 §6.
+        if let Some(size) = self.size {
+            write!(f, " SIZE={size}")?;
+        }
+        // RFC 6152 §2.
+        match self.body {
+            Some(Body::SevenBit) => f.write_str(" BODY=7BIT")?,
+            Some(Body::EightBitMime) => f.write_str(" BODY=8BITMIME")?,
+            None => {}
+        }
+        // RFC 6531 §3.4.
+        if self.smtputf8 {
+            f.write_str(" SMTPUTF8")?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Ehlo(String),

@@ -289,21 +289,7 @@ fn rcpt_line() -> impl Strategy<Value = (String, Command)> {
 /// The canonical line for a MAIL or RCPT command.
 fn render(command: &Command) -> String {
     match command {
-        Command::Mail { from, params } => {
-            let mut line = format!("MAIL FROM:<{from}>");
-            if let Some(n) = params.size {
-                line += &format!(" SIZE={n}");
-            }
-            match params.body {
-                Some(Body::SevenBit) => line += " BODY=7BIT",
-                Some(Body::EightBitMime) => line += " BODY=8BITMIME",
-                None => {}
-            }
-            if params.smtputf8 {
-                line += " SMTPUTF8";
-            }
-            line
-        }
+        Command::Mail { from, params } => format!("MAIL FROM:<{from}>{params}"),
         Command::Rcpt { to } => format!("RCPT TO:<{to}>"),
         other => panic!("render only knows MAIL and RCPT, not {other:?}"),
     }
