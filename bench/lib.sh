@@ -92,15 +92,39 @@ workload() {
 }
 
 # The three workloads of the performance issue. SUB_PORT, MX_PORT, USER_ADDR, PASSWORD,
-# TOTAL_A/B/C and MAILDIR (the user's Maildir) are set by the caller.
+# TOTAL_A/B/C and MAILDIR (the user's Maildir) are set by the caller. ONLY (e.g. "c" or
+# "a,b") runs a subset.
 run_workloads() {
+    local only=${ONLY:-a,b,c}
     local sub=(--addr "127.0.0.1:$SUB_PORT" --tls starttls --auth "$USER_ADDR:$PASSWORD"
         --rcpt-domain relay.test --rcpt-user sink)
-    workload submission-50x10-relayed sink_count "${sub[@]}" \
-        --connections 50 --messages-per-connection 10 --total "$TOTAL_A"
-    workload submission-1-per-conn-relayed sink_count "${sub[@]}" \
-        --connections 50 --messages-per-connection 1 --total "$TOTAL_B"
-    workload mx-50x10-maildir "maildir_count $MAILDIR" --addr "127.0.0.1:$MX_PORT" \
-        --rcpt-domain bench.test --rcpt-user bench \
-        --connections 50 --messages-per-connection 10 --total "$TOTAL_C"
+    if [[ ,$only, == *,a,* ]]; then
+        workload submission-50x10-relayed sink_count "${sub[@]}" \
+            --connections 50 --messages-per-connection 10 --total "$TOTAL_A"
+    fi
+    if [[ ,$only, == *,b,* ]]; then
+        workload submission-1-per-conn-relayed sink_count "${sub[@]}" \
+            --connections 50 --messages-per-connection 1 --total "$TOTAL_B"
+    fi
+    if [[ ,$only, == *,c,* ]]; then
+        workload mx-50x10-maildir "maildir_count $MAILDIR" --addr "127.0.0.1:$MX_PORT" \
+            --rcpt-domain bench.test --rcpt-user bench \
+            --connections 50 --messages-per-connection 10 --total "$TOTAL_C"
+    fi
+}
+
+# With PROFILE=FILE, records a call-graph profile of the server (`perf record`) while the
+# workloads run; read it with `perf report -i FILE`.
+profiled_workloads() {
+    if [[ -z ${PROFILE:-} ]]; then
+        run_workloads
+        return
+    fi
+    local pids
+    pids=$(all_pids | paste -sd, -)
+    perf record -q -F 997 -g -p "$pids" -o "$PROFILE" 2> /dev/null &
+    local perf_pid=$!
+    run_workloads
+    kill -INT "$perf_pid"
+    wait "$perf_pid" || true
 }

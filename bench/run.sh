@@ -9,7 +9,8 @@
 #
 # Usage: bench/run.sh            (from anywhere; must run as root: `user = "root"`)
 # Environment: TOTAL_A, TOTAL_B, TOTAL_C (messages per workload, default 5000, 2000, 5000),
-#   PORT_BASE (default 25200), KEEP=1 to keep the temporary directory, NO_BUILD=1.
+#   PORT_BASE (default 25200), KEEP=1 to keep the temporary directory, NO_BUILD=1,
+#   ONLY=a,b,c (the workloads to run), PROFILE=FILE (a `perf record -g` of the server).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -115,4 +116,4 @@ MAILDIR=$DIR/mail/bench.test/bench/Maildir
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-run_workloads
+profiled_workloads

@@ -11,13 +11,17 @@
 //! passwd-file (written by root or `postern user`) and nothing a client says. It never logs,
 //! prints or stores a password, and no error message contains one or a stored hash. A backend
 //! it cannot read gives [`AuthError`] (a temporary failure), never "wrong password" or "no such
-//! user". [`verify_padded`] pads every check to the same duration with jitter, and unknown
-//! users cost a hash computation too, so timing does not tell whether a login exists; hashes
-//! and `{PLAIN}` passwords are compared in constant time.
+//! user". [`verify_padded`] pads every failed check to the same duration with jitter, and
+//! unknown users cost a hash computation too, so timing does not tell whether a login exists;
+//! hashes and `{PLAIN}` passwords are compared in constant time. Successes are not padded:
+//! the reply (`235`) tells the client anyway, and only someone who knows the password gets
+//! one. A password that verified is remembered briefly as a keyed hash
+//! ([`recently_verified`]), so repeated logins skip the slow hash.
 
 pub mod guard;
 pub mod passwd_file;
 pub mod reader;
+pub mod recently_verified;
 pub mod scheme;
 
 use std::time::{Duration, Instant};
@@ -104,12 +108,14 @@ pub trait Credentials: Send + Sync {
     fn lookup(&self, address: &str) -> Result<Option<Account>, AuthError>;
 }
 
-/// The least time a verification takes, whatever its outcome (chasquid's `AuthDuration`).
-/// Long enough to cover a default SHA-512-crypt hash; slower schemes can still leak a little.
+/// The least time a failed verification takes (chasquid's `AuthDuration`). Long enough to
+/// cover a default SHA-512-crypt hash; slower schemes can still leak a little.
 pub const AUTH_DURATION: Duration = Duration::from_millis(100);
 
-/// Pads a verification to a minimum duration with jitter ([`AUTH_DURATION`] plus up to 20 %),
-/// so timing doesn't reveal whether the user exists. Blocking (`std::thread::sleep`).
+/// Pads a failed verification (wrong password, unknown user, backend error) to a minimum
+/// duration with jitter ([`AUTH_DURATION`] plus up to 20 %), so timing doesn't reveal
+/// whether the user exists. A success returns as soon as it is known. Blocking
+/// (`std::thread::sleep`).
 pub fn verify_padded(
     backend: &dyn Credentials,
     login: &str,
@@ -117,7 +123,9 @@ pub fn verify_padded(
 ) -> Result<Verification, AuthError> {
     let deadline = Instant::now() + padded_duration();
     let outcome = backend.verify(login, password);
-    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    if !matches!(outcome, Ok(Verification::Accepted)) {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    }
     outcome
 }
 
@@ -171,13 +179,12 @@ mod tests {
     }
 
     #[test]
-    fn padding_keeps_the_outcome_and_lasts_at_least_the_auth_duration() {
+    fn failures_keep_their_outcome_and_last_at_least_the_auth_duration() {
         let fast = Fake {
             delay: Duration::ZERO,
             fail: false,
         };
         for (login, password, expected) in [
-            ("a@example.com", "right", Verification::Accepted),
             ("a@example.com", "wrong", Verification::Rejected),
             ("nobody@example.com", "right", Verification::Rejected),
         ] {
@@ -187,6 +194,17 @@ mod tests {
             // The jitter is at most 20 %; allow generous slack for a loaded machine.
             assert!(took < AUTH_DURATION * 3, "{took:?}");
         }
+    }
+
+    #[test]
+    fn successes_are_not_padded() {
+        let fast = Fake {
+            delay: Duration::ZERO,
+            fail: false,
+        };
+        let (took, outcome) = timed(&fast, "a@example.com", "right");
+        assert_eq!(outcome.unwrap(), Verification::Accepted);
+        assert!(took < AUTH_DURATION, "{took:?}");
     }
 
     #[test]

@@ -20,10 +20,11 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 
+use super::recently_verified::RecentlyVerified;
 use super::{Account, AuthError, Credentials, Verification, canonical, scheme};
 
 /// One account line of a passwd-file.
@@ -169,8 +170,15 @@ impl Credentials for PasswdFile {
             let _ = scheme::verify(UNKNOWN_USER_HASH, password);
             return Ok(Verification::Rejected);
         };
+        let now = Instant::now();
+        if user.recently_verified.matches(password, now) {
+            return Ok(Verification::Accepted);
+        }
         match scheme::verify(&user.hash, password) {
-            Ok(true) => Ok(Verification::Accepted),
+            Ok(true) => {
+                user.recently_verified.remember(password, now);
+                Ok(Verification::Accepted)
+            }
             Ok(false) => Ok(Verification::Rejected),
             Err(source) => Err(AuthError::BadHash {
                 login: user.login.clone(),
@@ -272,6 +280,8 @@ struct User {
     hash: String,
     limits: super::AccountLimits,
     owner: Option<(u32, u32)>,
+    /// Belongs to this load of the file: a change to the file forgets it.
+    recently_verified: RecentlyVerified,
 }
 
 /// What a stat of the passwd-file showed.
@@ -434,6 +444,7 @@ fn index(text: &str, path: &Path) -> Result<Users, PasswdError> {
                 hash: line.entry.hash,
                 limits: super::AccountLimits::from_extra_fields(&extra),
                 owner: number(0).zip(number(1)),
+                recently_verified: RecentlyVerified::default(),
             };
             (login, user)
         })
@@ -853,6 +864,8 @@ mod tests {
         assert!(accepted(&backend, "b@example.com", "bee"));
         delete_user(&path, "a@example.com").unwrap();
         assert_eq!(backend.lookup("a@example.com").unwrap(), None);
+        // "third" verified a moment ago: the change must have forgotten that too.
+        assert!(!accepted(&backend, "a@example.com", "third"));
     }
 
     #[test]
