@@ -37,7 +37,9 @@ impl RecentlyVerified {
         let Some((tag, at)) = last.as_ref() else {
             return false;
         };
-        let fresh = now.checked_duration_since(*at).is_some_and(|age| age < REMEMBER_FOR);
+        let fresh = now
+            .checked_duration_since(*at)
+            .is_some_and(|age| age < REMEMBER_FOR);
         fresh && hmac::verify(key(), password.as_bytes(), tag.as_ref()).is_ok()
     }
 
@@ -70,7 +72,10 @@ mod tests {
         assert!(memory.matches("secret", t0 + Duration::from_secs(1)));
         assert!(!memory.matches("Secret", t0 + Duration::from_secs(1)));
         assert!(!memory.matches("", t0));
-        assert!(!memory.matches("secret", t0 + REMEMBER_FOR), "expired entry matched");
+        assert!(
+            !memory.matches("secret", t0 + REMEMBER_FOR),
+            "expired entry matched"
+        );
         memory.remember("other", t0);
         assert!(!memory.matches("secret", t0), "replaced entry matched");
         assert!(memory.matches("other", t0));

@@ -12,6 +12,7 @@
 //! | `queue/<ID>.msg` | the message, immutable once committed |
 //! | `queue/<ID>.env` | the envelope as JSON, rewritten atomically. **The commit point:** a message is in the queue iff its `.env` exists |
 //! | `queue/tmp-<ID>.<ext>.<random>` | a file being written; never read, removed by [`Spool::recover`] |
+//! | `queue/free-<random>` | an emptied file of a finished message, kept for reuse (see below) |
 //! | `queue/corrupt/` | envelopes that could not be read, with their messages, set aside by [`Spool::recover`] for a human |
 //!
 //! Only names made of a valid [`QueueId`] and a known extension are read as queue items,
@@ -27,13 +28,25 @@
 //! them. Remove goes the other way: envelope first, then message.
 //!
 //! Files are mode 0600 and the directory 0700: the queue holds other people's mail.
+//!
+//! # Recycling
+//!
+//! A finished message's files are not unlinked but renamed to `free-<random>`, emptied,
+//! and reused for the next message written (up to [`MAX_FREE_FILES`]). Creating and
+//! deleting two inodes per message is what a busy queue spends most of its CPU on: the
+//! profile of the MX benchmark showed 45 % of the server's CPU in ext4's inode allocator
+//! (which, on a file system without a journal, skips every inode freed in the last minutes,
+//! one by one) and another quarter spinning on the directory lock held meanwhile. A rename
+//! allocates nothing. The name says what a file is, so a crash at any point leaves
+//! either a queue item, a temporary file (removed by [`Spool::recover`]) or a free file
+//! (taken back into the pool, emptied again when reused).
 
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{info, warn};
 
@@ -42,6 +55,10 @@ use super::{Envelope, QueueId};
 const QUEUE_DIR: &str = "queue";
 const CORRUPT_DIR: &str = "corrupt";
 const TEMP_PREFIX: &str = "tmp-";
+const FREE_PREFIX: &str = "free-";
+/// The most emptied files kept for reuse; beyond that, finished files are unlinked. Enough
+/// for a burst of a few hundred messages in flight, two files each.
+pub const MAX_FREE_FILES: usize = 1024;
 const MESSAGE_EXT: &str = "msg";
 const ENVELOPE_EXT: &str = "env";
 const FILE_MODE: u32 = 0o600;
@@ -81,6 +98,8 @@ pub struct Spool {
 #[derive(Debug)]
 struct SpoolDir {
     dir: PathBuf,
+    /// Emptied files ready for reuse (see "Recycling").
+    free: Mutex<Vec<PathBuf>>,
 }
 
 impl Spool {
@@ -89,7 +108,10 @@ impl Spool {
         let dir = data_dir.join(QUEUE_DIR);
         create_dir(&dir)?;
         Ok(Spool {
-            inner: Arc::new(SpoolDir { dir }),
+            inner: Arc::new(SpoolDir {
+                dir,
+                free: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -189,8 +211,8 @@ impl SpoolDir {
         if exists(&msg_path)? || exists(&env_path)? {
             return Err(SpoolError::Duplicate { id: id.clone() });
         }
-        let msg_temp = TempFile::write(&self.dir, &file_name(id, MESSAGE_EXT), parts)?;
-        let env_temp = TempFile::write(&self.dir, &file_name(id, ENVELOPE_EXT), &[json])?;
+        let msg_temp = self.write_temp(&file_name(id, MESSAGE_EXT), parts)?;
+        let env_temp = self.write_temp(&file_name(id, ENVELOPE_EXT), &[json])?;
         msg_temp.persist(&msg_path)?;
         if let Err(e) = env_temp.persist(&env_path) {
             // Not committed; don't leave an orphan for recover to find.
@@ -212,13 +234,53 @@ impl SpoolDir {
         if !exists(&env_path)? {
             return Err(SpoolError::NotFound { id: id.clone() });
         }
-        write_atomic(&self.dir, &file_name(id, ENVELOPE_EXT), json)
+        let name = file_name(id, ENVELOPE_EXT);
+        self.write_temp(&name, &[json])?
+            .persist(&self.dir.join(&name))?;
+        sync_dir(&self.dir)
     }
 
     fn remove_blocking(&self, id: &QueueId) -> Result<(), SpoolError> {
-        remove_if_present(&self.path(id, ENVELOPE_EXT))?;
-        remove_if_present(&self.path(id, MESSAGE_EXT))?;
+        self.release(&self.path(id, ENVELOPE_EXT))?;
+        self.release(&self.path(id, MESSAGE_EXT))?;
         sync_dir(&self.dir)
+    }
+
+    /// Writes a temporary file for `name`, in a free file when there is one.
+    fn write_temp<B: AsRef<[u8]>>(&self, name: &str, parts: &[B]) -> Result<TempFile, SpoolError> {
+        let recycled = lock(&self.free).pop();
+        TempFile::write(&self.dir, name, parts, recycled)
+    }
+
+    /// Takes a finished file out of the queue: renames it to a free file and empties it,
+    /// or unlinks it when the pool is full. A file that is already gone is not an error.
+    /// The caller fsyncs the directory.
+    fn release(&self, path: &Path) -> Result<(), SpoolError> {
+        if lock(&self.free).len() >= MAX_FREE_FILES {
+            return remove_if_present(path);
+        }
+        let free = self
+            .dir
+            .join(format!("{FREE_PREFIX}{:016x}", rand::random::<u64>()));
+        match fs::rename(path, &free) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(SpoolError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        // Empty it now, so that finished mail does not linger on disk; if that fails the
+        // file is simply not reused.
+        match open_existing(&free).and_then(|file| file.set_len(0)) {
+            Ok(()) => lock(&self.free).push(free),
+            Err(_) => {
+                let _ = fs::remove_file(&free);
+            }
+        }
+        Ok(())
     }
 
     fn load(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
@@ -243,6 +305,15 @@ impl SpoolDir {
         for path in &scan.temp_files {
             self.remove_leftover(path, "temporary file");
         }
+        let mut free = lock(&self.free);
+        for path in scan.free_files {
+            if free.len() < MAX_FREE_FILES {
+                free.push(path);
+            } else {
+                self.remove_leftover(&path, "free file beyond the pool's size");
+            }
+        }
+        drop(free);
         for id in scan.messages.difference(&scan.envelopes) {
             self.remove_leftover(&self.path(id, MESSAGE_EXT), "message without envelope");
         }
@@ -280,6 +351,8 @@ impl SpoolDir {
             };
             if name.starts_with(TEMP_PREFIX) {
                 scan.temp_files.push(entry.path());
+            } else if name.starts_with(FREE_PREFIX) {
+                scan.free_files.push(entry.path());
             } else if let Some((id, ext)) = parse_file_name(name) {
                 match ext {
                     MESSAGE_EXT => scan.messages.insert(id),
@@ -329,6 +402,7 @@ impl SpoolDir {
 #[derive(Default)]
 struct Scan {
     temp_files: Vec<PathBuf>,
+    free_files: Vec<PathBuf>,
     messages: BTreeSet<QueueId>,
     envelopes: BTreeSet<QueueId>,
 }
@@ -398,14 +472,19 @@ fn create_dir(dir: &Path) -> Result<(), SpoolError> {
     }
 }
 
-// --- The atomic-write helper (chasquid's safeio): every write into the queue uses it. ---
-
-/// Writes `data` to `dir/name` atomically and durably: temporary file, fsync, rename,
-/// fsync the directory. Readers see the old content or the new, never a mix.
-fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), SpoolError> {
-    TempFile::write(dir, name, &[data])?.persist(&dir.join(name))?;
-    sync_dir(dir)
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// Opens a file of ours for writing, never through a symbolic link.
+fn open_existing(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+// --- The atomic-write helper (chasquid's safeio): every write into the queue uses it. ---
 
 /// A file written and fsynced under a temporary name, waiting to be renamed into place.
 /// Dropped without `persist`, it is removed, so a failed write leaves nothing behind.
@@ -416,20 +495,29 @@ struct TempFile {
 
 impl TempFile {
     /// Writes the concatenation of `parts` to `dir/tmp-<name>.<random>` (mode 0600) and
-    /// fsyncs it.
-    fn write<B: AsRef<[u8]>>(dir: &Path, name: &str, parts: &[B]) -> Result<TempFile, SpoolError> {
+    /// fsyncs it. The file is `recycled` (a free file, renamed) when given and still there,
+    /// otherwise new.
+    fn write<B: AsRef<[u8]>>(
+        dir: &Path,
+        name: &str,
+        parts: &[B],
+        recycled: Option<PathBuf>,
+    ) -> Result<TempFile, SpoolError> {
         let path = dir.join(format!("{TEMP_PREFIX}{name}.{:08x}", rand::random::<u32>()));
         let io_err = |source| SpoolError::Io {
             path: path.clone(),
             source,
         };
-        // create_new: never write through a file (or symlink) that is already there.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&path)
-            .map_err(io_err)?;
+        let mut file = match recycled.and_then(|free| reuse(&free, &path).ok()) {
+            Some(file) => file,
+            // create_new: never write through a file (or symlink) that is already there.
+            None => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)
+                .map_err(io_err)?,
+        };
         // From here on, Drop removes the file if anything fails.
         let temp = TempFile {
             path: path.clone(),
@@ -453,6 +541,18 @@ impl TempFile {
         self.persisted = true;
         Ok(())
     }
+}
+
+/// Renames the free file `free` to `to` and opens it empty. A free file is normally empty
+/// already, unless a crash came between its release and its truncation.
+fn reuse(free: &Path, to: &Path) -> io::Result<File> {
+    fs::rename(free, to)?;
+    let file = open_existing(to);
+    let emptied = file.and_then(|file| file.set_len(0).map(|()| file));
+    if emptied.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    emptied
 }
 
 impl Drop for TempFile {
@@ -608,7 +708,74 @@ mod tests {
         spool.remove(&env.queue_id).await.unwrap();
         let err = spool.update(&env).await;
         assert!(matches!(err, Err(SpoolError::NotFound { .. })), "{err:?}");
-        assert!(names_in(spool.dir()).is_empty());
+        assert!(
+            names_in(spool.dir())
+                .iter()
+                .all(|name| name.starts_with(FREE_PREFIX)),
+            "{:?}",
+            names_in(spool.dir())
+        );
+    }
+
+    fn free_files(dir: &Path) -> Vec<PathBuf> {
+        names_in(dir)
+            .into_iter()
+            .filter(|name| name.starts_with(FREE_PREFIX))
+            .map(|name| dir.join(name))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn finished_files_are_emptied_and_reused_for_the_next_message() {
+        use std::os::unix::fs::MetadataExt;
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let first = commit_one(&spool).await;
+        let inode = |p: &Path| fs::metadata(p).unwrap().ino();
+        let first_inodes = [
+            inode(&spool.message_path(&first.queue_id)),
+            inode(&spool.inner.path(&first.queue_id, ENVELOPE_EXT)),
+        ];
+        spool.remove(&first.queue_id).await.unwrap();
+        let free = free_files(spool.dir());
+        assert_eq!(free.len(), 2, "{:?}", names_in(spool.dir()));
+        for path in &free {
+            assert_eq!(fs::metadata(path).unwrap().len(), 0, "not emptied");
+        }
+
+        let second = commit_one(&spool).await;
+        assert!(free_files(spool.dir()).is_empty(), "free files not reused");
+        let mut second_inodes = [
+            inode(&spool.message_path(&second.queue_id)),
+            inode(&spool.inner.path(&second.queue_id, ENVELOPE_EXT)),
+        ];
+        second_inodes.sort();
+        let mut first_inodes = first_inodes;
+        first_inodes.sort();
+        assert_eq!(first_inodes, second_inodes);
+        assert_eq!(spool.load(&second.queue_id).unwrap(), second);
+        assert_eq!(
+            spool.read_message(&second.queue_id).unwrap(),
+            b"Received: by test\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn recover_takes_back_free_files_left_full_by_a_crash() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        // A crash between the rename to free-… and the truncation leaves old content.
+        let leftover = spool.dir().join(format!("{FREE_PREFIX}00000000000000aa"));
+        fs::write(&leftover, vec![b'x'; 10_000]).unwrap();
+
+        let restarted = Spool::open(data.path()).unwrap();
+        assert!(restarted.recover().unwrap().is_empty());
+        let env = commit_one(&restarted).await;
+        assert!(!leftover.exists(), "the free file was not reused");
+        assert_eq!(
+            restarted.read_message(&env.queue_id).unwrap(),
+            b"Received: by test\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
     }
 
     #[tokio::test]
