@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod facts;
+pub mod group_commit;
 pub mod headers;
 pub mod local;
 pub mod logfmt;

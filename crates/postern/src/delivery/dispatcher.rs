@@ -39,6 +39,8 @@ pub struct Deliverer {
     pub tls: Arc<rustls::ClientConfig>,
     /// Idle outbound connections, reused for the next message to the same server.
     pub pool: smtp_client::ConnectionPool,
+    /// Maildir deliveries, whose directory fsyncs are shared (group commit).
+    maildirs: maildir::Publisher,
 }
 
 impl Deliverer {
@@ -56,6 +58,7 @@ impl Deliverer {
             resolver,
             tls,
             pool: smtp_client::ConnectionPool::default(),
+            maildirs: maildir::Publisher::default(),
         }
     }
 
@@ -470,14 +473,17 @@ async fn deliver_local(
         .map(|(uid, gid)| maildir::Owner { uid, gid })
         .or_else(|| configured_owner(&d.config()))
         .filter(|o| can_give_to(o, &account.login));
-    write_maildir(
-        d.config().hostname.clone(),
-        path,
-        prefix,
-        message.clone(),
-        owner,
-    )
-    .await
+    let written = d
+        .maildirs
+        .deliver(
+            path,
+            d.config().hostname.clone(),
+            prefix.into_bytes(),
+            message.clone(),
+            owner,
+        )
+        .await;
+    maildir_outcome(written)
 }
 
 /// Only root can give a file to another user. Once the server runs as its service user,
@@ -507,31 +513,14 @@ fn configured_owner(config: &Config) -> Option<maildir::Owner> {
     })
 }
 
-async fn write_maildir(
-    hostname: String,
-    path: PathBuf,
-    prefix: String,
-    message: Arc<Vec<u8>>,
-    owner: Option<maildir::Owner>,
-) -> Outcome {
-    let written = tokio::task::spawn_blocking(move || {
-        maildir::deliver_as(&path, &hostname, prefix.as_bytes(), &message, owner)
-    })
-    .await;
+fn maildir_outcome(written: Result<PathBuf, maildir::MaildirError>) -> Outcome {
     match written {
-        Ok(Ok(_)) => Outcome::Delivered {
+        Ok(_) => Outcome::Delivered {
             relay: "maildir".into(),
             reply: "delivered".into(),
         },
-        Ok(Err(e)) if e.is_temporary() => {
-            Outcome::deferred("4.3.0", e.to_string(), maildir_relay())
-        }
-        Ok(Err(e)) => Outcome::bounced("5.3.0", e.to_string(), maildir_relay()),
-        Err(e) => Outcome::deferred(
-            "4.3.0",
-            format!("delivery task failed: {e}"),
-            maildir_relay(),
-        ),
+        Err(e) if e.is_temporary() => Outcome::deferred("4.3.0", e.to_string(), maildir_relay()),
+        Err(e) => Outcome::bounced("5.3.0", e.to_string(), maildir_relay()),
     }
 }
 

@@ -20,8 +20,11 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::group_commit::GroupCommit;
 
 const TMP: &str = "tmp";
 const NEW: &str = "new";
@@ -143,21 +146,9 @@ pub fn deliver_as(
     message: &[u8],
     owner: Option<Owner>,
 ) -> Result<PathBuf, MaildirError> {
-    for sub in [TMP, NEW, CUR] {
-        create_dir_durably(&maildir.join(sub), owner)?;
-    }
-    let unique = unique_name(hostname);
-    let tmp_path = maildir.join(TMP).join(&unique);
-    let size = write_new_file(&tmp_path, prefix, message, owner)?;
-    let new_dir = maildir.join(NEW);
-    let new_path = new_dir.join(format!("{unique},S={size}"));
-    if let Err(source) = fs::rename(&tmp_path, &new_path) {
-        let _ = fs::remove_file(&tmp_path);
-        return Err(MaildirError::Io {
-            path: new_path,
-            source,
-        });
-    }
+    let staged = stage(maildir, hostname, prefix, message, owner)?;
+    let new_dir = staged.new_dir().to_owned();
+    let new_path = staged.rename()?;
     // If this fails the message may or may not survive a crash; the error makes the
     // queue retry, which at worst delivers it twice, never loses it.
     sync_dir(&new_dir).map_err(|source| MaildirError::Io {
@@ -165,6 +156,125 @@ pub fn deliver_as(
         source,
     })?;
     Ok(new_path)
+}
+
+/// A message written and fsynced in `tmp/`, waiting to be renamed into `new/`.
+#[derive(Debug)]
+pub struct Staged {
+    tmp_path: PathBuf,
+    new_path: PathBuf,
+}
+
+impl Staged {
+    fn new_dir(&self) -> &Path {
+        self.new_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Renames the file into `new/`; the caller fsyncs `new/`. On failure the file in
+    /// `tmp/` is removed.
+    fn rename(self) -> Result<PathBuf, MaildirError> {
+        if let Err(source) = fs::rename(&self.tmp_path, &self.new_path) {
+            let _ = fs::remove_file(&self.tmp_path);
+            return Err(MaildirError::Io {
+                path: self.new_path,
+                source,
+            });
+        }
+        Ok(self.new_path)
+    }
+}
+
+/// The first half of a delivery, run in parallel with others: creates the Maildir's
+/// directories as needed, writes the message to `tmp/` and fsyncs it.
+pub fn stage(
+    maildir: &Path,
+    hostname: &str,
+    prefix: &[u8],
+    message: &[u8],
+    owner: Option<Owner>,
+) -> Result<Staged, MaildirError> {
+    for sub in [TMP, NEW, CUR] {
+        create_dir_durably(&maildir.join(sub), owner)?;
+    }
+    let unique = unique_name(hostname);
+    let tmp_path = maildir.join(TMP).join(&unique);
+    let size = write_new_file(&tmp_path, prefix, message, owner)?;
+    let new_path = maildir.join(NEW).join(format!("{unique},S={size}"));
+    Ok(Staged { tmp_path, new_path })
+}
+
+/// The second half, for a batch of staged deliveries (group commit): renames each into
+/// its `new/`, then fsyncs each `new/` directory once, however many messages it got.
+/// One result per staged delivery, in order: the final path, or the error.
+pub fn publish(batch: Vec<Staged>) -> Vec<Result<PathBuf, MaildirError>> {
+    let mut results: Vec<Result<PathBuf, MaildirError>> =
+        batch.into_iter().map(Staged::rename).collect();
+    let mut dirs: Vec<PathBuf> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter_map(|path| path.parent().map(Path::to_owned))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(e) = sync_dir(&dir) {
+            for result in &mut results {
+                if matches!(result, Ok(path) if path.parent() == Some(dir.as_path())) {
+                    // io::Error is not Clone: one like it for each delivery.
+                    *result = Err(MaildirError::Io {
+                        path: dir.clone(),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    });
+                }
+            }
+        }
+    }
+    results
+}
+
+/// Delivers through a shared [`GroupCommit`]: messages that reach the same Maildir at
+/// the same time share one fsync of its `new/`.
+pub struct Publisher {
+    batches: Arc<GroupCommit<Staged, Result<PathBuf, MaildirError>>>,
+}
+
+impl Default for Publisher {
+    fn default() -> Publisher {
+        Publisher {
+            batches: GroupCommit::new(publish),
+        }
+    }
+}
+
+impl Publisher {
+    /// [`deliver_as`], with the `tmp/` file written in a blocking task and the rename and
+    /// the directory fsync batched with other deliveries.
+    pub async fn deliver(
+        &self,
+        maildir: PathBuf,
+        hostname: String,
+        prefix: Vec<u8>,
+        message: Arc<Vec<u8>>,
+        owner: Option<Owner>,
+    ) -> Result<PathBuf, MaildirError> {
+        let staged = tokio::task::spawn_blocking(move || {
+            stage(&maildir, &hostname, &prefix, &message, owner)
+        })
+        .await
+        .map_err(|e| task_failed(e.to_string()))??;
+        self.batches
+            .submit(staged)
+            .await
+            .map_err(|e| task_failed(e.to_string()))?
+    }
+}
+
+/// A delivery task that panicked: treated like an I/O error, so the queue retries.
+fn task_failed(reason: String) -> MaildirError {
+    MaildirError::Io {
+        path: PathBuf::new(),
+        source: io::Error::other(reason),
+    }
 }
 
 /// `<secs>.M<micros>P<pid>Q<counter>.<hostname>`, as the Maildir specification suggests.
@@ -469,6 +579,54 @@ mod tests {
         let second = deliver(root.path(), "mx", b"", MESSAGE).unwrap();
         assert_ne!(first, second);
         assert_eq!(fs::read_dir(root.path().join("new")).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_published_batch_lands_in_new_of_each_maildir_and_nothing_stays_in_tmp() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        let batch = vec![
+            stage(&a, "mx", b"", MESSAGE, None).unwrap(),
+            stage(&b, "mx", b"", MESSAGE, None).unwrap(),
+            stage(&a, "mx", b"", MESSAGE, None).unwrap(),
+        ];
+        assert_eq!(
+            fs::read_dir(a.join("new")).unwrap().count(),
+            0,
+            "visible too early"
+        );
+        let results = publish(batch);
+        assert_eq!(results.len(), 3);
+        for (result, maildir) in results.iter().zip([&a, &b, &a]) {
+            let path = result.as_ref().unwrap();
+            assert_eq!(path.parent().unwrap(), maildir.join("new"));
+            assert!(fs::read(path).unwrap().ends_with(b"line two\n"));
+        }
+        for maildir in [&a, &b] {
+            assert_eq!(fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
+        }
+        assert_eq!(fs::read_dir(a.join("new")).unwrap().count(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_publisher_delivers_concurrent_messages() {
+        let root = tempfile::tempdir().unwrap();
+        let publisher = Arc::new(Publisher::default());
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (publisher, maildir) = (Arc::clone(&publisher), root.path().to_owned());
+                tokio::spawn(async move {
+                    let message = Arc::new(MESSAGE.to_vec());
+                    publisher
+                        .deliver(maildir, "mx".into(), Vec::new(), message, None)
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(fs::read_dir(root.path().join("new")).unwrap().count(), 20);
     }
 
     #[test]

@@ -51,6 +51,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tracing::{info, warn};
 
 use super::{Envelope, QueueId};
+use crate::group_commit::{GroupCommit, NoResult};
 
 const QUEUE_DIR: &str = "queue";
 const CORRUPT_DIR: &str = "corrupt";
@@ -83,18 +84,45 @@ pub enum SpoolError {
     /// The blocking task panicked or the runtime is shutting down.
     #[error("spool task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The batch of renames this change was in failed without a result (a panic).
+    #[error("spool batch failed: {0}")]
+    Batch(#[from] NoResult),
 }
 
 /// The on-disk queue under `<data_dir>/queue/`. One writer for every path into the queue.
 ///
 /// Cheap to clone; clones share the same directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Spool {
     inner: Arc<SpoolDir>,
+    /// Renames changes into place and fsyncs the directory once per batch.
+    publisher: Arc<GroupCommit<Change, Result<(), SpoolError>>>,
 }
 
-/// What the blocking work needs; kept apart from `Spool` so that a later backend can add
-/// state (a batch of pending commits) without changing the public type.
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change to the queue, ready to be made visible by a rename (or removal) and made
+/// durable by the directory fsync its batch shares.
+enum Change {
+    /// A new message, both files written and fsynced under temporary names.
+    Commit {
+        id: QueueId,
+        message: TempFile,
+        envelope: TempFile,
+    },
+    /// A rewritten envelope, written and fsynced under a temporary name.
+    Update { id: QueueId, envelope: TempFile },
+    /// A finished message to take out of the queue.
+    Remove { id: QueueId },
+}
+
+/// What the blocking work needs: the directory and its pool of free files.
 #[derive(Debug)]
 struct SpoolDir {
     dir: PathBuf,
@@ -107,18 +135,23 @@ impl Spool {
     pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
         let dir = data_dir.join(QUEUE_DIR);
         create_dir(&dir)?;
-        Ok(Spool {
-            inner: Arc::new(SpoolDir {
-                dir,
-                free: Mutex::new(Vec::new()),
-            }),
-        })
+        let inner = Arc::new(SpoolDir {
+            dir,
+            free: Mutex::new(Vec::new()),
+        });
+        let publishing = Arc::clone(&inner);
+        let publisher = GroupCommit::new(move |changes| publishing.publish(changes));
+        Ok(Spool { inner, publisher })
     }
 
     /// Stores a new message durably: writes the message (the concatenation of `parts`,
     /// e.g. added headers then the body) and its envelope, fsyncs both files, renames them
     /// into place, and fsyncs the directory. Only when this returns `Ok` may the caller
     /// answer `250`.
+    ///
+    /// Group commit: the files are written and fsynced in parallel with other commits;
+    /// the renames and the directory fsync are done for a whole batch of changes at once
+    /// ([`GroupCommit`]), so sessions finishing DATA together share one directory fsync.
     ///
     /// `envelope.size` should be the total length of `parts`. If the future is dropped,
     /// the write still finishes in the background: the message may end up queued without
@@ -132,7 +165,9 @@ impl Spool {
         let json = encode(envelope)?;
         let id = envelope.queue_id.clone();
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.commit_blocking(&id, &json, &parts)).await?
+        let change =
+            tokio::task::spawn_blocking(move || inner.stage_commit(id, &json, &parts)).await??;
+        self.publisher.submit(change).await?
     }
 
     /// Rewrites a committed envelope atomically and durably (temporary file, fsync,
@@ -142,16 +177,16 @@ impl Spool {
         let json = encode(envelope)?;
         let id = envelope.queue_id.clone();
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.update_blocking(&id, &json)).await?
+        let change = tokio::task::spawn_blocking(move || inner.stage_update(id, &json)).await??;
+        self.publisher.submit(change).await?
     }
 
     /// Removes a finished message: envelope first, then the message file, then fsyncs the
     /// directory so that it does not come back after a crash. Removing a message that is
     /// already gone is not an error.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
-        let id = id.clone();
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.remove_blocking(&id)).await?
+        let change = Change::Remove { id: id.clone() };
+        self.publisher.submit(change).await?
     }
 
     /// Reads an envelope. Blocking, but small.
@@ -198,52 +233,92 @@ impl SpoolDir {
         self.dir.join(file_name(id, ext))
     }
 
-    /// The whole blocking part of a commit. A group-commit backend replaces this one
-    /// function: it would queue the request and fsync the directory once per batch.
-    fn commit_blocking(
+    /// The parallel part of a commit: writes and fsyncs both files under temporary names.
+    fn stage_commit(
         &self,
-        id: &QueueId,
+        id: QueueId,
         json: &[u8],
         parts: &[Vec<u8>],
-    ) -> Result<(), SpoolError> {
-        let msg_path = self.path(id, MESSAGE_EXT);
-        let env_path = self.path(id, ENVELOPE_EXT);
-        if exists(&msg_path)? || exists(&env_path)? {
-            return Err(SpoolError::Duplicate { id: id.clone() });
+    ) -> Result<Change, SpoolError> {
+        if exists(&self.path(&id, MESSAGE_EXT))? || exists(&self.path(&id, ENVELOPE_EXT))? {
+            return Err(SpoolError::Duplicate { id });
         }
-        let msg_temp = self.write_temp(&file_name(id, MESSAGE_EXT), parts)?;
-        let env_temp = self.write_temp(&file_name(id, ENVELOPE_EXT), &[json])?;
-        msg_temp.persist(&msg_path)?;
-        if let Err(e) = env_temp.persist(&env_path) {
-            // Not committed; don't leave an orphan for recover to find.
-            let _ = fs::remove_file(&msg_path);
-            return Err(e);
-        }
-        if let Err(e) = sync_dir(&self.dir) {
-            // The caller will answer 4xx and the client will send again, so undo the
-            // commit rather than deliver the message twice.
-            let _ = fs::remove_file(&env_path);
-            let _ = fs::remove_file(&msg_path);
-            return Err(e);
-        }
-        Ok(())
+        let message = self.write_temp(&file_name(&id, MESSAGE_EXT), parts)?;
+        let envelope = self.write_temp(&file_name(&id, ENVELOPE_EXT), &[json])?;
+        Ok(Change::Commit {
+            id,
+            message,
+            envelope,
+        })
     }
 
-    fn update_blocking(&self, id: &QueueId, json: &[u8]) -> Result<(), SpoolError> {
-        let env_path = self.path(id, ENVELOPE_EXT);
-        if !exists(&env_path)? {
-            return Err(SpoolError::NotFound { id: id.clone() });
+    /// The parallel part of an update: writes and fsyncs the new envelope.
+    fn stage_update(&self, id: QueueId, json: &[u8]) -> Result<Change, SpoolError> {
+        if !exists(&self.path(&id, ENVELOPE_EXT))? {
+            return Err(SpoolError::NotFound { id });
         }
-        let name = file_name(id, ENVELOPE_EXT);
-        self.write_temp(&name, &[json])?
-            .persist(&self.dir.join(&name))?;
-        sync_dir(&self.dir)
+        let envelope = self.write_temp(&file_name(&id, ENVELOPE_EXT), &[json])?;
+        Ok(Change::Update { id, envelope })
     }
 
-    fn remove_blocking(&self, id: &QueueId) -> Result<(), SpoolError> {
-        self.release(&self.path(id, ENVELOPE_EXT))?;
-        self.release(&self.path(id, MESSAGE_EXT))?;
-        sync_dir(&self.dir)
+    /// The shared part, for a batch: renames every change into place, then fsyncs the
+    /// directory once. If that fsync fails, every change of the batch fails, and new
+    /// messages are taken out again: their clients get a 4xx and send again, so a
+    /// message is never delivered without its sender having been told it was accepted
+    /// (a duplicate at worst, never a loss).
+    fn publish(&self, changes: Vec<Change>) -> Vec<Result<(), SpoolError>> {
+        let mut results: Vec<Result<Option<QueueId>, SpoolError>> =
+            changes.into_iter().map(|c| self.apply(c)).collect();
+        if let Err(e) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            for result in &mut results {
+                if let Ok(committed) = result {
+                    if let Some(id) = committed {
+                        let _ = fs::remove_file(self.path(id, ENVELOPE_EXT));
+                        let _ = fs::remove_file(self.path(id, MESSAGE_EXT));
+                    }
+                    // io::Error is not Clone: one like it for each change.
+                    *result = Err(SpoolError::Io {
+                        path: self.dir.clone(),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    });
+                }
+            }
+        }
+        results.into_iter().map(|r| r.map(drop)).collect()
+    }
+
+    /// Makes one change visible. Returns the ID of a new message, for an undo.
+    fn apply(&self, change: Change) -> Result<Option<QueueId>, SpoolError> {
+        match change {
+            Change::Commit {
+                id,
+                message,
+                envelope,
+            } => {
+                let msg_path = self.path(&id, MESSAGE_EXT);
+                message.persist(&msg_path)?;
+                if let Err(e) = envelope.persist(&self.path(&id, ENVELOPE_EXT)) {
+                    // Not committed; don't leave an orphan for recover to find.
+                    let _ = fs::remove_file(&msg_path);
+                    return Err(e);
+                }
+                Ok(Some(id))
+            }
+            Change::Update { id, envelope } => {
+                let env_path = self.path(&id, ENVELOPE_EXT);
+                // Removed since the update was staged: don't bring it back.
+                if !exists(&env_path)? {
+                    return Err(SpoolError::NotFound { id });
+                }
+                envelope.persist(&env_path)?;
+                Ok(None)
+            }
+            Change::Remove { id } => {
+                self.release(&self.path(&id, ENVELOPE_EXT))?;
+                self.release(&self.path(&id, MESSAGE_EXT))?;
+                Ok(None)
+            }
+        }
     }
 
     /// Writes a temporary file for `name`, in a free file when there is one.
@@ -715,6 +790,42 @@ mod tests {
             "{:?}",
             names_in(spool.dir())
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_updates_and_removes_all_land() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let spool = spool.clone();
+                tokio::spawn(async move { commit_one(&spool).await })
+            })
+            .collect();
+        let mut committed = Vec::new();
+        for task in tasks {
+            committed.push(task.await.unwrap());
+        }
+        let (removed, kept) = committed.split_at(20);
+        let mut changes = Vec::new();
+        for env in removed {
+            let (spool, id) = (spool.clone(), env.queue_id.clone());
+            changes.push(tokio::spawn(async move { spool.remove(&id).await }));
+        }
+        for env in kept {
+            let (spool, mut env) = (spool.clone(), env.clone());
+            env.recipients[0].attempts = 3;
+            changes.push(tokio::spawn(async move { spool.update(&env).await }));
+        }
+        for change in changes {
+            change.await.unwrap().unwrap();
+        }
+        let mut expected: Vec<QueueId> = kept.iter().map(|e| e.queue_id.clone()).collect();
+        expected.sort();
+        assert_eq!(spool.recover().unwrap(), expected);
+        for env in kept {
+            assert_eq!(spool.load(&env.queue_id).unwrap().recipients[0].attempts, 3);
+        }
     }
 
     fn free_files(dir: &Path) -> Vec<PathBuf> {
