@@ -36,6 +36,14 @@ peak_rss_kib() {
         cat /proc/"$pid"/status 2>/dev/null || true
     done | awk '/^VmHWM:/ {t += $2} END {print t + 0}'
 }
+# Sum of the current RSS and PSS (proportional: shared pages divided among their
+# users) of the live processes, in KiB: "rss pss".
+rss_pss_kib() {
+    local pid
+    for pid in $(all_pids); do
+        cat /proc/"$pid"/smaps_rollup 2>/dev/null || true
+    done | awk '/^Rss:/ {r += $2} /^Pss:/ {p += $2} END {print r + 0, p + 0}'
+}
 reset_peak_rss() {
     local pid
     for pid in $(all_pids); do
@@ -91,9 +99,32 @@ workload() {
     }'
 }
 
-# The three workloads of the performance issue. SUB_PORT, MX_PORT, USER_ADDR, PASSWORD,
+# (d) IDLE (default 10000) plaintext sessions on the MX port held open (greeting and
+# EHLO done) while 50 new clients are timed one by one; the server's memory is sampled
+# every 0.2 s meanwhile. One JSON line: memory before and at the peak, and the bench's.
+idle_workload() {
+    local count=${IDLE:-10000} before peak=0 now pid
+    sleep 1
+    read -r before _ <<< "$(rss_pss_kib)"
+    "$B/postern-bench" --addr "127.0.0.1:$MX_PORT" --idle "$count" --probes 50 --hold 2 \
+        > "$DIR/idle.out" 2> "$DIR/idle.err" &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        read -r now _ <<< "$(rss_pss_kib)"
+        if ((now > peak)); then peak=$now; fi
+        sleep 0.2
+    done
+    wait "$pid" || true
+    awk -v server="$SERVER" -v count="$count" -v before="$before" -v peak="$peak" \
+        -v out="$(cat "$DIR/idle.out")" 'BEGIN {
+        printf "{\"server\":\"%s\",\"workload\":\"idle-%d\",\"rss_before_mib\":%.1f,", server, count, before / 1024
+        printf "\"rss_peak_mib\":%.1f,\"rss_per_session_kib\":%.1f,\"bench\":%s}\n", peak / 1024, (peak - before) / count, (out == "" ? "null" : out)
+    }'
+}
+
+# The workloads of the performance issue. SUB_PORT, MX_PORT, USER_ADDR, PASSWORD,
 # TOTAL_A/B/C and MAILDIR (the user's Maildir) are set by the caller. ONLY (e.g. "c" or
-# "a,b") runs a subset.
+# "a,b"; default a,b,c) runs a subset; "d" is the idle-sessions workload.
 run_workloads() {
     local only=${ONLY:-a,b,c}
     local sub=(--addr "127.0.0.1:$SUB_PORT" --tls starttls --auth "$USER_ADDR:$PASSWORD"
@@ -110,6 +141,9 @@ run_workloads() {
         workload mx-50x10-maildir "maildir_count $MAILDIR" --addr "127.0.0.1:$MX_PORT" \
             --rcpt-domain bench.test --rcpt-user bench \
             --connections 50 --messages-per-connection 10 --total "$TOTAL_C"
+    fi
+    if [[ ,$only, == *,d,* ]]; then
+        idle_workload
     fi
 }
 

@@ -3,6 +3,7 @@
 #   (a) submission, STARTTLS + AUTH PLAIN, 50 connections x 10 messages, relayed to a sink
 #   (b) the same, 1 message per connection (TLS + AUTH every time)
 #   (c) MX port, no TLS, 50 connections x 10 messages, to a local Maildir
+#   (d) 10,000 idle sessions held on the MX port: server memory, new-client latency
 # For each: the postern-bench JSON, the end-to-end time until the queue is empty, the
 # server's CPU seconds (utime + stime, whole process tree) and ms per message, and the peak
 # RSS (VmHWM, reset before each workload). One JSON summary line per workload on stdout.
@@ -10,7 +11,8 @@
 # Usage: bench/run.sh            (from anywhere; must run as root: `user = "root"`)
 # Environment: TOTAL_A, TOTAL_B, TOTAL_C (messages per workload, default 5000, 2000, 5000),
 #   PORT_BASE (default 25200), KEEP=1 to keep the temporary directory, NO_BUILD=1,
-#   ONLY=a,b,c (the workloads to run), PROFILE=FILE (a `perf record -g` of the server).
+#   ONLY=a,b,c,d (the workloads to run), IDLE (sessions for d, default 10000),
+#   PROFILE=FILE (a `perf record -g` of the server).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +26,10 @@ SUB_PORT=$((PORT_BASE + 87))
 SINK_PORT=$((PORT_BASE + 26))
 USER_ADDR=bench@bench.test
 PASSWORD=bench-secret
+
+# The idle workload needs a descriptor per session, in the bench and in the server.
+ulimit -n "$(ulimit -Hn)"
+ONLY=${ONLY:-a,b,c,d}
 
 if [[ ${NO_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release --locked -p postern -p postern-bench >&2)
@@ -78,8 +84,10 @@ maildir = "$DIR/mail/%d/%n/Maildir"
 verify = false
 
 [limits]
-# 50 bench connections reconnecting from one client would brush the default of 50.
-max_connections_per_client = 1000
+# 50 bench connections reconnecting from one client would brush the default of 50, and
+# the idle workload holds 10,000 from one address.
+max_connections = 20000
+max_connections_per_client = 20000
 EOF
 CONFIG=$DIR/postern.toml
 echo "$PASSWORD" | "$B/postern" user add "$USER_ADDR" --config "$CONFIG" --password-stdin >&2

@@ -7,6 +7,7 @@
 //! a new one. At the end, one JSON line on stdout summarizes the run; the exit status is 1
 //! if any error occurred, 2 on a usage error.
 
+mod idle;
 mod sink;
 mod smtp;
 mod stats;
@@ -89,6 +90,16 @@ struct Options {
     /// discards it, printing the counts as JSON lines when they change; runs until killed.
     #[arg(long, value_name = "ADDR")]
     sink: Option<SocketAddr>,
+    /// Instead of sending: open N sessions and hold them idle, timing new clients
+    /// meanwhile (see --probes, --hold); prints one JSON line.
+    #[arg(long, value_name = "N")]
+    idle: Option<usize>,
+    /// With --idle: new clients to time while the sessions are held.
+    #[arg(long, default_value_t = 50)]
+    probes: usize,
+    /// With --idle: seconds to keep holding the sessions after the probes.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    hold: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,6 +206,21 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("postern-bench: sink on {addr}: {e}");
                 ExitCode::from(2)
+            }
+        };
+    }
+
+    if let Some(count) = options.idle {
+        let hold = Duration::try_from_secs_f64(options.hold).unwrap_or_default();
+        let summary = runtime.block_on(idle::run(plan, count, options.probes, hold));
+        return match serde_json::to_string(&summary) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postern-bench: cannot write the summary: {e}");
+                ExitCode::FAILURE
             }
         };
     }

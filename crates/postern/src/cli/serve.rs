@@ -35,11 +35,33 @@ pub fn run(explicit: Option<&Path>) -> anyhow::Result<()> {
         Source::File(path) => tracing::info!(event = "starting", config = %path.display()),
     }
     let config = Config::load(&source)?;
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(source, config))
+}
+
+/// Raises the soft limit on open files to the hard limit (capped at 2^20). Every
+/// connection is a descriptor, and the usual soft limit of 1024 is below the default
+/// `max_connections`; the hard limit is the administrator's (systemd's `LimitNOFILE=`).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const CAP: u64 = 1 << 20;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let wanted = hard.min(CAP);
+    if soft >= wanted {
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+        Ok(()) => tracing::debug!(event = "open_files_limit", from = soft, to = wanted),
+        Err(e) => {
+            tracing::warn!(event = "open_files_limit", limit = soft, error = %e, "cannot raise the open files limit")
+        }
+    }
 }
 
 async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
