@@ -52,10 +52,14 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor, TlsError> {
         message: e.to_string(),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = ServerConfig::builder_with_provider(provider)
+    let mut server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    // Session resumption for clients that reconnect for every message (PHP scripts):
+    // stateless tickets, their keys rotated by rustls and renewed on reload. A resumed
+    // TLS 1.3 session still runs an (EC)DHE exchange, so forward secrecy is kept.
+    server.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -94,4 +98,42 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{ClientConnection, Connection, HandshakeKind, ServerConnection};
+
+    /// Runs a handshake in memory and returns how the client saw it.
+    fn handshake(server: &Arc<ServerConfig>, client: &Arc<rustls::ClientConfig>) -> HandshakeKind {
+        let name = rustls_pki_types::ServerName::try_from("mail.example.com").unwrap();
+        let mut client = Connection::from(ClientConnection::new(client.clone(), name).unwrap());
+        let mut server = Connection::from(ServerConnection::new(server.clone()).unwrap());
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).unwrap();
+            server.read_tls(&mut bytes.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            bytes.clear();
+            server.write_tls(&mut bytes).unwrap();
+            client.read_tls(&mut bytes.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking());
+        client.handshake_kind().unwrap()
+    }
+
+    #[test]
+    fn a_returning_client_resumes_its_session() {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config::development_defaults();
+        config.data_dir = data.path().to_owned();
+        let server = acceptor(&config).unwrap().config().clone();
+        // Stateless tickets: resumption is not limited to rustls's 256 cached sessions.
+        assert!(server.ticketer.enabled(), "no session tickets");
+        let client = crate::stream::opportunistic_client_config().unwrap();
+        assert_eq!(handshake(&server, &client), HandshakeKind::Full);
+        assert_eq!(handshake(&server, &client), HandshakeKind::Resumed);
+    }
 }
