@@ -9,11 +9,15 @@
 //!
 //! | name | what it is |
 //! | --- | --- |
-//! | `queue/<ID>.msg` | the message, immutable once committed |
-//! | `queue/<ID>.env` | the envelope as JSON, rewritten atomically. **The commit point:** a message is in the queue iff its `.env` exists |
+//! | `queue/<ID>.msg` | a header line `postern-queue-1 <length>`, the envelope as first committed (JSON of that length) and a newline, then the message. Never changed once written. **The commit point:** a message is in the queue iff its `.msg` exists |
+//! | `queue/<ID>.env` | the envelope's later states (recipients done, retry times) as JSON, rewritten atomically; when present it supersedes the envelope in the `.msg` |
 //! | `queue/tmp-<ID>.<ext>.<random>` | a file being written; never read, removed by [`Spool::recover`] |
-//! | `queue/free-<random>` | an emptied file of a finished message, kept for reuse (see below) |
-//! | `queue/corrupt/` | envelopes that could not be read, with their messages, set aside by [`Spool::recover`] for a human |
+//! | `queue/free-<random>` | an emptied file of a finished message, kept for reuse (see below); also written in place for the next message before its rename |
+//! | `queue/corrupt/` | items whose envelope could not be read, set aside by [`Spool::recover`] for a human |
+//!
+//! One file per new message: most messages are delivered at the first attempt, and never
+//! get a `.env`. Items written by earlier versions (a `.msg` with the message only, and
+//! the envelope in `.env`) are still read: a `.msg` without the header line is all message.
 //!
 //! Only names made of a valid [`QueueId`] and a known extension are read as queue items,
 //! so stray files in the directory are ignored. Every state is a file name, not a
@@ -21,19 +25,21 @@
 //!
 //! # Order of writes
 //!
-//! Commit: write and fsync the message under a temporary name, the same for the
-//! envelope, rename the message into place, rename the envelope into place (the commit
-//! point), fsync the directory. A crash before the last rename leaves only temporary
-//! files or a `.msg` without `.env`; neither was acknowledged, and `recover` removes
-//! them. Remove goes the other way: envelope first, then message.
+//! Commit: write the `.msg` under another name and fsync it, rename it into place (the
+//! commit point), fsync the directory. A crash before the rename leaves a temporary or
+//! free file, never acknowledged. Update: write the new `.env` under another name, fsync,
+//! rename over the old one, fsync the directory. Remove: the `.msg` first (the item is
+//! gone), then any `.env`; a crash in between leaves a `.env` alone, which `recover`
+//! removes.
 //!
 //! Files are mode 0600 and the directory 0700: the queue holds other people's mail.
 //!
 //! # Recycling
 //!
 //! A finished message's files are not unlinked but renamed to `free-<random>`, emptied,
-//! and reused for the next message written (up to [`MAX_FREE_FILES`]). Creating and
-//! deleting two inodes per message is what a busy queue spends most of its CPU on: the
+//! and reused for the next message written (up to [`MAX_FREE_FILES`]): the next message is
+//! written into the free file where it is and renamed to its `.msg`. Creating and
+//! deleting inodes per message is what a busy queue spends most of its CPU on: the
 //! profile of the MX benchmark showed 45 % of the server's CPU in ext4's inode allocator
 //! (which, on a file system without a journal, skips every inode freed in the last minutes,
 //! one by one) and another quarter spinning on the directory lock held meanwhile. A rename
@@ -61,6 +67,11 @@ const FREE_PREFIX: &str = "free-";
 /// for a burst of a few hundred messages in flight, two files each.
 pub const MAX_FREE_FILES: usize = 1024;
 const MESSAGE_EXT: &str = "msg";
+/// The first word of a `.msg` that starts with its envelope.
+const HEADER_MAGIC: &str = "postern-queue-1";
+/// The longest header line and envelope read back: a bound against a damaged file.
+const MAX_HEADER_LINE: u64 = 64;
+const MAX_ENVELOPE_LEN: usize = 16 << 20;
 const ENVELOPE_EXT: &str = "env";
 const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
@@ -110,12 +121,8 @@ impl std::fmt::Debug for Spool {
 /// A change to the queue, ready to be made visible by a rename (or removal) and made
 /// durable by the directory fsync its batch shares.
 enum Change {
-    /// A new message, both files written and fsynced under temporary names.
-    Commit {
-        id: QueueId,
-        message: TempFile,
-        envelope: TempFile,
-    },
+    /// A new message, its `.msg` written and fsynced under another name.
+    Commit { id: QueueId, item: TempFile },
     /// A rewritten envelope, written and fsynced under a temporary name.
     Update { id: QueueId, envelope: TempFile },
     /// A finished message to take out of the queue.
@@ -144,12 +151,12 @@ impl Spool {
         Ok(Spool { inner, publisher })
     }
 
-    /// Stores a new message durably: writes the message (the concatenation of `parts`,
-    /// e.g. added headers then the body) and its envelope, fsyncs both files, renames them
-    /// into place, and fsyncs the directory. Only when this returns `Ok` may the caller
-    /// answer `250`.
+    /// Stores a new message durably: writes its envelope and the message (the
+    /// concatenation of `parts`, e.g. added headers then the body) to one file, fsyncs
+    /// it, renames it into place, and fsyncs the directory. Only when this returns `Ok`
+    /// may the caller answer `250`.
     ///
-    /// Group commit: the files are written and fsynced in parallel with other commits;
+    /// Group commit: the file is written and fsynced in parallel with other commits;
     /// the renames and the directory fsync are done for a whole batch of changes at once
     /// ([`GroupCommit`]), so sessions finishing DATA together share one directory fsync.
     ///
@@ -181,7 +188,7 @@ impl Spool {
         self.publisher.submit(change).await?
     }
 
-    /// Removes a finished message: envelope first, then the message file, then fsyncs the
+    /// Removes a finished message: the `.msg` first, then any `.env`, then fsyncs the
     /// directory so that it does not come back after a crash. Removing a message that is
     /// already gone is not an error.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
@@ -198,16 +205,22 @@ impl Spool {
         self.inner.path(id, MESSAGE_EXT)
     }
 
-    /// Reads a whole message file. Blocking.
+    /// Reads a whole message (without the envelope stored before it). Blocking.
     pub fn read_message(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
         let path = self.message_path(id);
-        fs::read(&path).map_err(|e| not_found_or_io(id, path, e))
+        let mut bytes = fs::read(&path).map_err(|e| not_found_or_io(id, path.clone(), e))?;
+        let start = match parse_header(&bytes) {
+            Header::Envelope { start, len } => start + len + 1,
+            Header::None => 0,
+            Header::Damaged(message) => return Err(SpoolError::Corrupt { path, message }),
+        };
+        bytes.drain(..start.min(bytes.len()));
+        Ok(bytes)
     }
 
     /// Every committed queue ID, sorted oldest first. Also removes leftovers of
-    /// interrupted writes (temporary files, and message files without an envelope: a
-    /// crash before the commit finished, so that message was never acknowledged), and
-    /// moves unreadable envelopes to `queue/corrupt/`.
+    /// interrupted writes (temporary files, and a `.env` whose `.msg` was removed), takes
+    /// back free files, and moves items whose envelope cannot be read to `queue/corrupt/`.
     ///
     /// Call it at startup, before any `commit`: it would take a commit in progress for
     /// leftovers.
@@ -219,7 +232,7 @@ impl Spool {
     /// runs (for `postern queue list`).
     pub fn list(&self) -> Result<Vec<QueueId>, SpoolError> {
         let scan = self.inner.scan()?;
-        Ok(scan.envelopes.into_iter().collect())
+        Ok(scan.messages.into_iter().collect())
     }
 
     /// The queue directory, `<data_dir>/queue`.
@@ -233,7 +246,7 @@ impl SpoolDir {
         self.dir.join(file_name(id, ext))
     }
 
-    /// The parallel part of a commit: writes and fsyncs both files under temporary names.
+    /// The parallel part of a commit: writes and fsyncs the `.msg` under another name.
     fn stage_commit(
         &self,
         id: QueueId,
@@ -243,18 +256,16 @@ impl SpoolDir {
         if exists(&self.path(&id, MESSAGE_EXT))? || exists(&self.path(&id, ENVELOPE_EXT))? {
             return Err(SpoolError::Duplicate { id });
         }
-        let message = self.write_temp(&file_name(&id, MESSAGE_EXT), parts)?;
-        let envelope = self.write_temp(&file_name(&id, ENVELOPE_EXT), &[json])?;
-        Ok(Change::Commit {
-            id,
-            message,
-            envelope,
-        })
+        let header = format!("{HEADER_MAGIC} {}\n", json.len());
+        let mut all: Vec<&[u8]> = vec![header.as_bytes(), json, b"\n"];
+        all.extend(parts.iter().map(Vec::as_slice));
+        let item = self.write_temp(&file_name(&id, MESSAGE_EXT), &all)?;
+        Ok(Change::Commit { id, item })
     }
 
     /// The parallel part of an update: writes and fsyncs the new envelope.
     fn stage_update(&self, id: QueueId, json: &[u8]) -> Result<Change, SpoolError> {
-        if !exists(&self.path(&id, ENVELOPE_EXT))? {
+        if !exists(&self.path(&id, MESSAGE_EXT))? {
             return Err(SpoolError::NotFound { id });
         }
         let envelope = self.write_temp(&file_name(&id, ENVELOPE_EXT), &[json])?;
@@ -273,7 +284,6 @@ impl SpoolDir {
             for result in &mut results {
                 if let Ok(committed) = result {
                     if let Some(id) = committed {
-                        let _ = fs::remove_file(self.path(id, ENVELOPE_EXT));
                         let _ = fs::remove_file(self.path(id, MESSAGE_EXT));
                     }
                     // io::Error is not Clone: one like it for each change.
@@ -290,32 +300,21 @@ impl SpoolDir {
     /// Makes one change visible. Returns the ID of a new message, for an undo.
     fn apply(&self, change: Change) -> Result<Option<QueueId>, SpoolError> {
         match change {
-            Change::Commit {
-                id,
-                message,
-                envelope,
-            } => {
-                let msg_path = self.path(&id, MESSAGE_EXT);
-                message.persist(&msg_path)?;
-                if let Err(e) = envelope.persist(&self.path(&id, ENVELOPE_EXT)) {
-                    // Not committed; don't leave an orphan for recover to find.
-                    let _ = fs::remove_file(&msg_path);
-                    return Err(e);
-                }
+            Change::Commit { id, item } => {
+                item.persist(&self.path(&id, MESSAGE_EXT))?;
                 Ok(Some(id))
             }
             Change::Update { id, envelope } => {
-                let env_path = self.path(&id, ENVELOPE_EXT);
                 // Removed since the update was staged: don't bring it back.
-                if !exists(&env_path)? {
+                if !exists(&self.path(&id, MESSAGE_EXT))? {
                     return Err(SpoolError::NotFound { id });
                 }
-                envelope.persist(&env_path)?;
+                envelope.persist(&self.path(&id, ENVELOPE_EXT))?;
                 Ok(None)
             }
             Change::Remove { id } => {
-                self.release(&self.path(&id, ENVELOPE_EXT))?;
                 self.release(&self.path(&id, MESSAGE_EXT))?;
+                self.release(&self.path(&id, ENVELOPE_EXT))?;
                 Ok(None)
             }
         }
@@ -359,8 +358,22 @@ impl SpoolDir {
     }
 
     fn load(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
-        let path = self.path(id, ENVELOPE_EXT);
-        let bytes = fs::read(&path).map_err(|e| not_found_or_io(id, path.clone(), e))?;
+        let env_path = self.path(id, ENVELOPE_EXT);
+        let (path, bytes) = match fs::read(&env_path) {
+            Ok(bytes) => (env_path, bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let msg_path = self.path(id, MESSAGE_EXT);
+                let bytes = read_stored_envelope(&msg_path)
+                    .map_err(|e| not_found_or_io(id, msg_path.clone(), e))?;
+                (msg_path, bytes)
+            }
+            Err(e) => {
+                return Err(SpoolError::Io {
+                    path: env_path,
+                    source: e,
+                });
+            }
+        };
         let envelope: Envelope =
             serde_json::from_slice(&bytes).map_err(|e| SpoolError::Corrupt {
                 path: path.clone(),
@@ -389,16 +402,15 @@ impl SpoolDir {
             }
         }
         drop(free);
-        for id in scan.messages.difference(&scan.envelopes) {
-            self.remove_leftover(&self.path(id, MESSAGE_EXT), "message without envelope");
+        for id in scan.envelopes.difference(&scan.messages) {
+            self.remove_leftover(
+                &self.path(id, ENVELOPE_EXT),
+                "envelope of a removed message",
+            );
         }
-        let mut committed = Vec::with_capacity(scan.envelopes.len());
+        let mut committed = Vec::with_capacity(scan.messages.len());
         // BTreeSet iterates in ID order, which is time order.
-        for id in scan.envelopes {
-            if !scan.messages.contains(&id) {
-                self.quarantine(&id, "envelope without message file");
-                continue;
-            }
+        for id in scan.messages {
             match self.load(&id) {
                 Ok(_) => committed.push(id),
                 Err(SpoolError::Corrupt { message, .. }) => self.quarantine(&id, &message),
@@ -569,29 +581,36 @@ struct TempFile {
 }
 
 impl TempFile {
-    /// Writes the concatenation of `parts` to `dir/tmp-<name>.<random>` (mode 0600) and
-    /// fsyncs it. The file is `recycled` (a free file, renamed) when given and still there,
-    /// otherwise new.
+    /// Writes the concatenation of `parts` to a file and fsyncs it: the `recycled` free
+    /// file where it is, when given and still usable, otherwise a new
+    /// `dir/tmp-<name>.<random>` (mode 0600).
     fn write<B: AsRef<[u8]>>(
         dir: &Path,
         name: &str,
         parts: &[B],
         recycled: Option<PathBuf>,
     ) -> Result<TempFile, SpoolError> {
-        let path = dir.join(format!("{TEMP_PREFIX}{name}.{:08x}", rand::random::<u32>()));
+        let reused = recycled.and_then(|free| reuse(&free).ok().map(|file| (free, file)));
+        let (path, mut file) = match reused {
+            Some(reused) => reused,
+            None => {
+                let path = dir.join(format!("{TEMP_PREFIX}{name}.{:08x}", rand::random::<u32>()));
+                // create_new: never write through a file (or symlink) that is already there.
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(FILE_MODE)
+                    .open(&path)
+                    .map_err(|source| SpoolError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                (path, file)
+            }
+        };
         let io_err = |source| SpoolError::Io {
             path: path.clone(),
             source,
-        };
-        let mut file = match recycled.and_then(|free| reuse(&free, &path).ok()) {
-            Some(file) => file,
-            // create_new: never write through a file (or symlink) that is already there.
-            None => OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&path)
-                .map_err(io_err)?,
         };
         // From here on, Drop removes the file if anything fails.
         let temp = TempFile {
@@ -618,16 +637,83 @@ impl TempFile {
     }
 }
 
-/// Renames the free file `free` to `to` and opens it empty. A free file is normally empty
-/// already, unless a crash came between its release and its truncation.
-fn reuse(free: &Path, to: &Path) -> io::Result<File> {
-    fs::rename(free, to)?;
-    let file = open_existing(to);
-    let emptied = file.and_then(|file| file.set_len(0).map(|()| file));
+/// Opens the free file `free` for writing, empty. It normally is empty already, unless a
+/// crash came between its release and its truncation, or in the middle of a write.
+fn reuse(free: &Path) -> io::Result<File> {
+    let emptied = open_existing(free).and_then(|file| {
+        if file.metadata()?.len() > 0 {
+            file.set_len(0)?;
+        }
+        Ok(file)
+    });
     if emptied.is_err() {
-        let _ = fs::remove_file(to);
+        let _ = fs::remove_file(free);
     }
     emptied
+}
+
+/// What a `.msg` starts with.
+enum Header {
+    /// The header line: the envelope is `len` bytes from `start`, then a newline.
+    Envelope {
+        start: usize,
+        len: usize,
+    },
+    /// No header: a message written by an earlier version, all message.
+    None,
+    Damaged(String),
+}
+
+fn parse_header(bytes: &[u8]) -> Header {
+    let Some(rest) = bytes.strip_prefix(HEADER_MAGIC.as_bytes()) else {
+        return Header::None;
+    };
+    let line_end = rest
+        .iter()
+        .take(MAX_HEADER_LINE as usize)
+        .position(|&b| b == b'\n');
+    let len = line_end
+        .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
+        .and_then(|digits| digits.trim().parse::<usize>().ok());
+    match (line_end, len) {
+        (Some(end), Some(len)) if len <= MAX_ENVELOPE_LEN => Header::Envelope {
+            start: HEADER_MAGIC.len() + end + 1,
+            len,
+        },
+        _ => Header::Damaged("bad header line".into()),
+    }
+}
+
+/// The envelope stored at the start of a `.msg`. A `.msg` without one (from an earlier
+/// version, whose `.env` is gone) gives an empty envelope, which the caller finds corrupt.
+fn read_stored_envelope(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut head = vec![0u8; HEADER_MAGIC.len() + MAX_HEADER_LINE as usize];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    head.truncate(filled);
+    let (start, len) = match parse_header(&head) {
+        Header::Envelope { start, len } => (start, len),
+        Header::None | Header::Damaged(_) => return Ok(Vec::new()),
+    };
+    let mut envelope = head.split_off(start.min(head.len()));
+    if envelope.len() < len {
+        let missing = len - envelope.len();
+        let read = (&mut file)
+            .take(missing as u64)
+            .read_to_end(&mut envelope)?;
+        if read < missing {
+            return Ok(Vec::new());
+        }
+    }
+    envelope.truncate(len);
+    Ok(envelope)
 }
 
 impl Drop for TempFile {
@@ -701,10 +787,54 @@ mod tests {
         assert_eq!(message.len() as u64, env.size);
 
         let id = &env.queue_id;
-        assert_eq!(
-            names_in(spool.dir()),
-            [format!("{id}.env"), format!("{id}.msg")]
+        assert_eq!(names_in(spool.dir()), [format!("{id}.msg")]);
+        let stored = fs::read(spool.message_path(id)).unwrap();
+        assert!(
+            stored.starts_with(b"postern-queue-1 "),
+            "no envelope header"
         );
+    }
+
+    #[tokio::test]
+    async fn items_of_the_earlier_two_file_layout_are_still_read() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let env = envelope(&[b"Subject: old\r\n\r\nbody\r\n"]);
+        let id = &env.queue_id;
+        fs::write(spool.message_path(id), b"Subject: old\r\n\r\nbody\r\n").unwrap();
+        fs::write(spool.inner.path(id, ENVELOPE_EXT), encode(&env).unwrap()).unwrap();
+
+        assert_eq!(spool.recover().unwrap(), std::slice::from_ref(id));
+        assert_eq!(spool.load(id).unwrap(), env);
+        assert_eq!(
+            spool.read_message(id).unwrap(),
+            b"Subject: old\r\n\r\nbody\r\n"
+        );
+        spool.remove(id).await.unwrap();
+        assert!(spool.list().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_header_line_is_corrupt_not_a_panic() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let id = QueueId::generate();
+        for bad in [
+            &b"postern-queue-1 99999999999999999999\n{}"[..],
+            b"postern-queue-1 abc\n{}\nbody",
+            b"postern-queue-1 500\n{\"short\": 1}\n",
+            b"postern-queue-1",
+        ] {
+            fs::write(spool.message_path(&id), bad).unwrap();
+            let loaded = spool.load(&id);
+            assert!(
+                matches!(loaded, Err(SpoolError::Corrupt { .. })),
+                "{loaded:?}"
+            );
+        }
+        fs::write(spool.message_path(&id), b"postern-queue-1 abc\n{}\nbody").unwrap();
+        let read = spool.read_message(&id);
+        assert!(matches!(read, Err(SpoolError::Corrupt { .. })), "{read:?}");
     }
 
     #[tokio::test]
@@ -715,6 +845,7 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(spool.dir()), 0o700);
         assert_eq!(mode(&spool.message_path(&env.queue_id)), 0o600);
+        spool.update(&env).await.unwrap();
         assert_eq!(mode(&spool.inner.path(&env.queue_id, ENVELOPE_EXT)), 0o600);
     }
 
@@ -741,7 +872,8 @@ mod tests {
         let newer = commit_one(&spool).await;
         let orphan = QueueId::generate();
         let dir = spool.dir();
-        fs::write(dir.join(format!("{orphan}.msg")), b"never acknowledged").unwrap();
+        // The .env of a message removed by a crash between its two files.
+        fs::write(dir.join(format!("{orphan}.env")), encode(&older).unwrap()).unwrap();
         fs::write(dir.join(format!("tmp-{orphan}.env.0badc0de")), b"{").unwrap();
         fs::write(dir.join(format!("tmp-{orphan}.msg.12345678")), b"half").unwrap();
         fs::write(dir.join("README"), b"a stray file is left alone").unwrap();
@@ -751,9 +883,7 @@ mod tests {
         assert_eq!(ids, [older.queue_id.clone(), newer.queue_id.clone()]);
         let mut expected = vec![
             "README".to_owned(),
-            format!("{}.env", older.queue_id),
             format!("{}.msg", older.queue_id),
-            format!("{}.env", newer.queue_id),
             format!("{}.msg", newer.queue_id),
         ];
         expected.sort();
@@ -842,8 +972,10 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let spool = Spool::open(data.path()).unwrap();
         let first = commit_one(&spool).await;
+        // An update gives it a .env too: both files are recycled.
+        spool.update(&first).await.unwrap();
         let inode = |p: &Path| fs::metadata(p).unwrap().ino();
-        let first_inodes = [
+        let mut first_inodes = [
             inode(&spool.message_path(&first.queue_id)),
             inode(&spool.inner.path(&first.queue_id, ENVELOPE_EXT)),
         ];
@@ -855,13 +987,13 @@ mod tests {
         }
 
         let second = commit_one(&spool).await;
+        spool.update(&second).await.unwrap();
         assert!(free_files(spool.dir()).is_empty(), "free files not reused");
         let mut second_inodes = [
             inode(&spool.message_path(&second.queue_id)),
             inode(&spool.inner.path(&second.queue_id, ENVELOPE_EXT)),
         ];
         second_inodes.sort();
-        let mut first_inodes = first_inodes;
         first_inodes.sort();
         assert_eq!(first_inodes, second_inodes);
         assert_eq!(spool.load(&second.queue_id).unwrap(), second);
@@ -944,6 +1076,17 @@ mod tests {
         let spool = Spool::open(data.path()).unwrap();
         let env = commit_one(&spool).await;
         let other = QueueId::generate();
+        // Whether the envelope is in the .msg or in a .env.
+        fs::copy(
+            spool.message_path(&env.queue_id),
+            spool.message_path(&other),
+        )
+        .unwrap();
+        assert!(matches!(
+            spool.load(&other),
+            Err(SpoolError::Corrupt { .. })
+        ));
+        spool.update(&env).await.unwrap();
         fs::copy(
             spool.inner.path(&env.queue_id, ENVELOPE_EXT),
             spool.inner.path(&other, ENVELOPE_EXT),

@@ -410,7 +410,7 @@ socket = "{d}/run/submit.sock"
         }
     }
 
-    /// Committed messages (`*.env`) in the queue directory.
+    /// Committed messages (`*.msg`, the commit point) in the queue directory.
     pub fn queued(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(self.data_dir().join("queue")) else {
             return Vec::new();
@@ -418,7 +418,7 @@ socket = "{d}/run/submit.sock"
         entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "env"))
+            .filter(|p| p.extension().is_some_and(|x| x == "msg"))
             .collect()
     }
 }
