@@ -11,7 +11,8 @@
 # Uses the system instance, configured only for this run: /etc/postfix is saved first and
 # restored at the end, Postfix and this Dovecot are stopped. Must run as root on a
 # throwaway machine; installs postfix and dovecot-core when missing.
-# Environment: TOTAL_A, TOTAL_B, TOTAL_C, ONLY and PROFILE as for run.sh, KEEP=1, NO_BUILD=1.
+# Environment: TOTAL_A, TOTAL_B, TOTAL_C, ONLY, PROFILE and SETTLE as for run.sh, KEEP=1,
+#   NO_BUILD=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -12,7 +12,8 @@
 # Environment: TOTAL_A, TOTAL_B, TOTAL_C (messages per workload, default 5000, 2000, 5000),
 #   PORT_BASE (default 25200), KEEP=1 to keep the temporary directory, NO_BUILD=1,
 #   ONLY=a,b,c,d (the workloads to run), IDLE (sessions for d, default 10000),
-#   PROFILE=FILE (a `perf record -g` of the server).
+#   PROFILE=FILE (a `perf record -g` of the server), SETTLE (seconds to wait before
+#   each workload, default 1; see bench/lib.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
