@@ -191,10 +191,12 @@ impl Staged {
             Written::Named(tmp_path) => fs::rename(tmp_path, &self.new_path).inspect_err(|_| {
                 let _ = fs::remove_file(tmp_path);
             }),
-            Written::Anonymous(file) => link_anonymous(file, &self.new_path).inspect_err(|_| {
+            Written::Anonymous(file) => link_anonymous(file, &self.new_path).inspect_err(|e| {
                 // No /proc, or a file system that cannot link it: name files in tmp/
                 // from now on. This delivery is retried.
-                ANONYMOUS_FILES.store(false, Ordering::Relaxed);
+                if unsupported(e, &[nix::libc::ENOENT, nix::libc::EPERM, nix::libc::EXDEV]) {
+                    ANONYMOUS_FILES.store(false, Ordering::Relaxed);
+                }
             }),
         };
         match named {
@@ -350,18 +352,18 @@ fn write_anonymous_file(
         .mode(FILE_MODE)
         .custom_flags(nix::libc::O_TMPFILE)
         .open(dir);
-    let file = match opened {
-        Ok(file) => file,
-        Err(_) => {
-            // EOPNOTSUPP, EISDIR on kernels or file systems without it: fall back for good.
-            // A real problem with the directory shows again on the named file.
-            ANONYMOUS_FILES.store(false, Ordering::Relaxed);
-            return None;
-        }
-    };
     let io_err = |source| MaildirError::Io {
         path: dir.to_owned(),
         source,
+    };
+    let file = match opened {
+        Ok(file) => file,
+        // Kernels or file systems without it: fall back for good.
+        Err(e) if unsupported(&e, &[nix::libc::EISDIR, nix::libc::EINVAL]) => {
+            ANONYMOUS_FILES.store(false, Ordering::Relaxed);
+            return None;
+        }
+        Err(e) => return Some(Err(io_err(e))),
     };
     let written = owner
         .map_or(Ok(()), |o| {
@@ -373,6 +375,13 @@ fn write_anonymous_file(
             .map(|size| (Written::Anonymous(file), size))
             .map_err(io_err),
     )
+}
+
+/// Whether `error` says the operation is not supported: `EOPNOTSUPP` or one of `also`.
+fn unsupported(error: &io::Error, also: &[i32]) -> bool {
+    error
+        .raw_os_error()
+        .is_some_and(|code| code == nix::libc::EOPNOTSUPP || also.contains(&code))
 }
 
 /// Links a file made with `O_TMPFILE` to `path`, through its `/proc/self/fd` entry (which
