@@ -68,8 +68,9 @@ now() {
 # (this machine's /), creating a file skips, one by one, every inode freed in the last
 # 60 s (360 s while their inode table block is not yet written back): right after a run
 # that deleted thousands of files (the previous run's cleanup, or Postfix's own queue
-# files) file creation costs several times more CPU. SETTLE=75 lets that pass, for both
-# servers alike.
+# files) file creation costs several times more CPU. The scripts keep each run's files
+# apart from the last run's (chattr +T on their parent); SETTLE=75 also lets most of
+# the rest pass, for both servers alike.
 SETTLE=${SETTLE:-1}
 
 # workload NAME COUNT_COMMAND BENCH_ARGS...: runs postern-bench, waits (at most 300 s)

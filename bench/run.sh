@@ -36,7 +36,13 @@ if [[ ${NO_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release --locked -p postern -p postern-bench >&2)
 fi
 
-DIR=$(mktemp -d /tmp/postern-bench.XXXXXX)
+# Runs go under a directory marked as a top of hierarchy (chattr +T), so that ext4 puts
+# each run's files in another block group than the last run's deleted ones (see SETTLE
+# in bench/lib.sh); elsewhere the attribute is simply not set.
+RUNS=/tmp/postern-bench-runs
+mkdir -p "$RUNS"
+chattr +T "$RUNS" 2>/dev/null || true
+DIR=$(mktemp -d "$RUNS/postern.XXXXXX")
 SERVER_PID=
 SINK_PID=
 cleanup() {

@@ -5,8 +5,13 @@
 //! arrive while a batch is being worked on wait for the next batch, so under load each
 //! batch holds everything that queued up during the previous one, and one fsync makes a
 //! whole batch durable; alone, a job is worked on at once, with no added delay. One
-//! blocking thread works on batches at a time, which also keeps the callers from
-//! contending for the directory's lock.
+//! thread works on batches at a time, which also keeps the callers from contending for
+//! the directory's lock.
+//!
+//! Callers already on a blocking thread use [`submit_blocking`](GroupCommit::submit_blocking):
+//! when no batch is being worked on, the caller works on its own batch itself (it is the
+//! leader), which saves handing the job to another thread and back; the textbook
+//! leader/follower group commit.
 //!
 //! Used by the spool (`queue/spool.rs`) and the Maildir delivery
 //! (`delivery/maildir.rs`). The work function must return one result per job, in order:
@@ -64,26 +69,55 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
         result.await.map_err(|_| NoResult)
     }
 
+    /// [`submit`](GroupCommit::submit) for a caller on a blocking thread (never on an
+    /// async worker thread: it blocks). If no batch is being worked on, works on one
+    /// itself, including its own job; jobs that arrived meanwhile are left to a blocking
+    /// task, so that the leader's own caller is not held up by later work.
+    pub fn submit_blocking(self: &Arc<Self>, job: J) -> Result<R, NoResult> {
+        let (done, result) = oneshot::channel();
+        let lead = {
+            let mut state = self.lock();
+            state.waiting.push((job, done));
+            !std::mem::replace(&mut state.running, true)
+        };
+        if lead && self.work_on_one_batch() {
+            let me = Arc::clone(self);
+            tokio::task::spawn_blocking(move || me.drain());
+        }
+        result.blocking_recv().map_err(|_| NoResult)
+    }
+
     /// Works on batches until nothing is waiting.
     fn drain(&self) {
-        loop {
-            let batch = {
-                let mut state = self.lock();
-                if state.waiting.is_empty() {
-                    state.running = false;
-                    return;
-                }
-                std::mem::take(&mut state.waiting)
-            };
-            let (jobs, senders): (Vec<J>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
-            // A panic must not leave `running` set with jobs nobody works on: the
-            // callers of this batch get `NoResult`, and the loop goes on.
-            if let Ok(results) = catch_unwind(AssertUnwindSafe(|| (self.work)(jobs))) {
-                for (sender, result) in senders.into_iter().zip(results) {
-                    // The caller may have gone; the job was done all the same.
-                    let _ = sender.send(result);
-                }
+        while self.work_on_one_batch() {}
+    }
+
+    /// Works on everything waiting now, as one batch. Returns whether more has arrived
+    /// since (the caller must work on it); otherwise marks the worker stopped.
+    fn work_on_one_batch(&self) -> bool {
+        let batch = {
+            let mut state = self.lock();
+            if state.waiting.is_empty() {
+                state.running = false;
+                return false;
             }
+            std::mem::take(&mut state.waiting)
+        };
+        let (jobs, senders): (Vec<J>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
+        // A panic must not leave `running` set with jobs nobody works on: the callers of
+        // this batch get `NoResult`, and work goes on.
+        if let Ok(results) = catch_unwind(AssertUnwindSafe(|| (self.work)(jobs))) {
+            for (sender, result) in senders.into_iter().zip(results) {
+                // The caller may have gone; the job was done all the same.
+                let _ = sender.send(result);
+            }
+        }
+        let mut state = self.lock();
+        if state.waiting.is_empty() {
+            state.running = false;
+            false
+        } else {
+            true
         }
     }
 
@@ -120,6 +154,46 @@ mod tests {
         }
         let batches = batches.load(Ordering::SeqCst);
         assert!((1..50).contains(&batches), "{batches} batches for 50 jobs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_callers_lead_batches_and_mix_with_async_ones() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&batches);
+        let doubler = GroupCommit::new(move |jobs: Vec<u32>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            jobs.into_iter().map(|j| j * 2).collect()
+        });
+        let blocking: Vec<_> = (0..30u32)
+            .map(|i| {
+                let doubler = Arc::clone(&doubler);
+                tokio::task::spawn_blocking(move || (i, doubler.submit_blocking(i)))
+            })
+            .collect();
+        let asynchronous: Vec<_> = (30..40u32)
+            .map(|i| {
+                let doubler = Arc::clone(&doubler);
+                tokio::spawn(async move { (i, doubler.submit(i).await) })
+            })
+            .collect();
+        for task in blocking {
+            let (i, result) = task.await.unwrap();
+            assert_eq!(result.unwrap(), i * 2);
+        }
+        for task in asynchronous {
+            let (i, result) = task.await.unwrap();
+            assert_eq!(result.unwrap(), i * 2);
+        }
+        // Alone, a blocking caller leads its own batch: nothing is left running.
+        let doubler2 = Arc::clone(&doubler);
+        let alone = tokio::task::spawn_blocking(move || doubler2.submit_blocking(21));
+        assert_eq!(alone.await.unwrap().unwrap(), 42);
+        assert!(
+            !doubler.lock().running,
+            "a batch worker is still marked running"
+        );
+        assert!(batches.load(Ordering::SeqCst) < 41, "no batching at all");
     }
 
     #[tokio::test]

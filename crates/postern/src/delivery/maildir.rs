@@ -279,8 +279,8 @@ impl Default for Publisher {
 }
 
 impl Publisher {
-    /// [`deliver_as`], with the `tmp/` file written in a blocking task and the rename and
-    /// the directory fsync batched with other deliveries.
+    /// [`deliver_as`], in a blocking task, with the link into `new/` and the directory
+    /// fsync batched with other deliveries.
     pub async fn deliver(
         &self,
         maildir: PathBuf,
@@ -289,15 +289,15 @@ impl Publisher {
         message: Arc<Vec<u8>>,
         owner: Option<Owner>,
     ) -> Result<PathBuf, MaildirError> {
-        let staged = tokio::task::spawn_blocking(move || {
-            stage(&maildir, &hostname, &prefix, &message, owner)
+        let batches = Arc::clone(&self.batches);
+        tokio::task::spawn_blocking(move || {
+            let staged = stage(&maildir, &hostname, &prefix, &message, owner)?;
+            batches
+                .submit_blocking(staged)
+                .map_err(|e| task_failed(e.to_string()))?
         })
         .await
-        .map_err(|e| task_failed(e.to_string()))??;
-        self.batches
-            .submit(staged)
-            .await
-            .map_err(|e| task_failed(e.to_string()))?
+        .map_err(|e| task_failed(e.to_string()))?
     }
 }
 
@@ -713,12 +713,18 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let staged = stage(root.path(), "mx", b"", MESSAGE, None).unwrap();
         // Linux file systems here (ext4, tmpfs) support O_TMPFILE.
-        assert!(matches!(staged.written, Written::Anonymous(_)), "{staged:?}");
+        assert!(
+            matches!(staged.written, Written::Anonymous(_)),
+            "{staged:?}"
+        );
         let entries = |sub: &str| fs::read_dir(root.path().join(sub)).unwrap().count();
         assert_eq!((entries("tmp"), entries("new")), (0, 0));
         let path = publish(vec![staged]).pop().unwrap().unwrap();
         assert_eq!((entries("tmp"), entries("new")), (0, 1));
-        assert_eq!(fs::read(path).unwrap(), b"Subject: hi\n\nline one\nline two\n");
+        assert_eq!(
+            fs::read(path).unwrap(),
+            b"Subject: hi\n\nline one\nline two\n"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,9 +172,12 @@ impl Spool {
         let json = encode(envelope)?;
         let id = envelope.queue_id.clone();
         let inner = Arc::clone(&self.inner);
-        let change =
-            tokio::task::spawn_blocking(move || inner.stage_commit(id, &json, &parts)).await??;
-        self.publisher.submit(change).await?
+        let publisher = Arc::clone(&self.publisher);
+        tokio::task::spawn_blocking(move || {
+            let change = inner.stage_commit(id, &json, &parts)?;
+            publisher.submit_blocking(change)?
+        })
+        .await?
     }
 
     /// Rewrites a committed envelope atomically and durably (temporary file, fsync,
@@ -184,8 +187,12 @@ impl Spool {
         let json = encode(envelope)?;
         let id = envelope.queue_id.clone();
         let inner = Arc::clone(&self.inner);
-        let change = tokio::task::spawn_blocking(move || inner.stage_update(id, &json)).await??;
-        self.publisher.submit(change).await?
+        let publisher = Arc::clone(&self.publisher);
+        tokio::task::spawn_blocking(move || {
+            let change = inner.stage_update(id, &json)?;
+            publisher.submit_blocking(change)?
+        })
+        .await?
     }
 
     /// Removes a finished message: the `.msg` first, then any `.env`, then fsyncs the
