@@ -221,7 +221,8 @@ impl Spool {
     /// Reads a whole message (without the envelope stored before it). Blocking.
     pub fn read_message(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
         let path = self.message_path(id);
-        let mut bytes = fs::read(&path).map_err(|e| not_found_or_io(id, path.clone(), e))?;
+        let mut bytes =
+            read_still_named(&path).map_err(|e| not_found_or_io(id, path.clone(), e))?;
         let start = match parse_header(&bytes) {
             Header::Envelope { start, len } => start + len + 1,
             Header::None => 0,
@@ -372,7 +373,7 @@ impl SpoolDir {
 
     fn load(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
         let env_path = self.path(id, ENVELOPE_EXT);
-        let (path, bytes) = match fs::read(&env_path) {
+        let (path, bytes) = match read_still_named(&env_path) {
             Ok(bytes) => (env_path, bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let msg_path = self.path(id, MESSAGE_EXT);
@@ -723,8 +724,40 @@ fn parse_header(bytes: &[u8]) -> Header {
 /// The envelope stored at the start of a `.msg`. A `.msg` without one (from an earlier
 /// version, whose `.env` is gone) gives an empty envelope, which the caller finds corrupt.
 fn read_stored_envelope(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let envelope = read_envelope_from(&mut file)?;
+    ensure_still_named(&file, path)?;
+    Ok(envelope)
+}
+
+/// Reads a whole queue file. `NotFound` if the file left that name while it was read: a
+/// finished file is blanked and reused for another message (see "Recycling"), so an open
+/// descriptor does not keep the old content the way an unlinked file would, and a reader
+/// racing a removal (`postern queue show`) must not show what it read.
+fn read_still_named(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut file = File::open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    ensure_still_named(&file, path)?;
+    Ok(bytes)
+}
+
+/// `NotFound` unless `path` still names the open `file`.
+fn ensure_still_named(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let opened = file.metadata()?;
+    let named = fs::symlink_metadata(path)?;
+    if (opened.dev(), opened.ino()) == (named.dev(), named.ino()) {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::NotFound.into())
+    }
+}
+
+/// The envelope at the start of an open `.msg` (see [`read_stored_envelope`]).
+fn read_envelope_from(file: &mut File) -> io::Result<Vec<u8>> {
+    use std::io::Read;
     let mut head = vec![0u8; HEADER_MAGIC.len() + MAX_HEADER_LINE as usize];
     let mut filled = 0;
     while filled < head.len() {
@@ -741,9 +774,7 @@ fn read_stored_envelope(path: &Path) -> io::Result<Vec<u8>> {
     let mut envelope = head.split_off(start.min(head.len()));
     if envelope.len() < len {
         let missing = len - envelope.len();
-        let read = (&mut file)
-            .take(missing as u64)
-            .read_to_end(&mut envelope)?;
+        let read = file.take(missing as u64).read_to_end(&mut envelope)?;
         if read < missing {
             return Ok(Vec::new());
         }
@@ -1041,6 +1072,45 @@ mod tests {
             spool.read_message(&second.queue_id).unwrap(),
             b"Received: by test\r\nSubject: hi\r\n\r\nbody\r\n"
         );
+    }
+
+    #[test]
+    fn random_queue_files_give_errors_never_panics() {
+        use rand::Rng;
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let id = QueueId::generate();
+        let mut rng = rand::rng();
+        for round in 0..2000 {
+            let mut bytes: Vec<u8> = if round % 2 == 0 {
+                format!("{HEADER_MAGIC} {}\n", rng.random_range(0..200)).into_bytes()
+            } else {
+                HEADER_MAGIC.as_bytes().to_vec()
+            };
+            let tail = rng.random_range(0..300);
+            bytes.extend((0..tail).map(|_| rng.random::<u8>()));
+            fs::write(spool.message_path(&id), &bytes).unwrap();
+            let _ = spool.load(&id);
+            let _ = spool.read_message(&id);
+        }
+    }
+
+    #[test]
+    fn a_file_read_while_it_was_recycled_counts_as_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (named, other) = (dir.path().join("A.msg"), dir.path().join("free-1"));
+        fs::write(&named, b"first").unwrap();
+        fs::write(&other, b"second").unwrap();
+        let file = File::open(&named).unwrap();
+        assert!(ensure_still_named(&file, &named).is_ok());
+        // Released: renamed away, then another file takes the name.
+        fs::rename(&named, dir.path().join("free-2")).unwrap();
+        let gone = ensure_still_named(&file, &named).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        fs::rename(&other, &named).unwrap();
+        let replaced = ensure_still_named(&file, &named).unwrap_err();
+        assert_eq!(replaced.kind(), io::ErrorKind::NotFound);
+        assert_eq!(read_still_named(&named).unwrap(), b"second");
     }
 
     #[tokio::test]
