@@ -1,9 +1,27 @@
-# Shared by bench/run.sh and bench/postfix.sh (sourced). The caller sets B (the directory
-# with postern-bench), DIR (its temporary directory), SERVER (a name for the output) and
-# defines: server_pids (the root processes of the server under test, one a line) and
+# Shared by bench/run.sh and bench/postfix.sh (sourced first). The caller sets ROOT (the
+# checkout) before sourcing; before the workloads, it sets DIR (its temporary directory)
+# and SERVER (a name for the output) and defines: server_pids (the root processes of the server under test, one a line) and
 # queue_empty (status 0 when every accepted message has left the queue).
 
 HZ=$(getconf CLK_TCK)
+# Messages per workload, the login the scripts create, where the binaries are.
+TOTAL_A=${TOTAL_A:-5000}
+TOTAL_B=${TOTAL_B:-2000}
+TOTAL_C=${TOTAL_C:-5000}
+USER_ADDR=bench@bench.test
+PASSWORD=bench-secret
+B=$ROOT/target/release
+
+# new_run_dir NAME: a new directory for this run's files, under a directory marked as a
+# top of hierarchy (chattr +T), so that ext4 puts each run's files in another block
+# group than the last run's deleted ones (see SETTLE below); elsewhere the attribute is
+# simply not set.
+new_run_dir() {
+    local runs=/tmp/postern-bench-runs
+    mkdir -p "$runs"
+    chattr +T "$runs" 2> /dev/null || true
+    mktemp -d "$runs/$1.XXXXXX"
+}
 
 # A process and all its descendants, one pid a line.
 tree_pids() {

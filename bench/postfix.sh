@@ -16,15 +16,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-B=$ROOT/target/release
-TOTAL_A=${TOTAL_A:-5000}
-TOTAL_B=${TOTAL_B:-2000}
-TOTAL_C=${TOTAL_C:-5000}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 MX_PORT=26225
 SUB_PORT=26287
 SINK_PORT=26226
-USER_ADDR=bench@bench.test
-PASSWORD=bench-secret
 SPOOL=/var/spool/postfix
 
 if [[ ${NO_BUILD:-0} != 1 ]]; then
@@ -35,13 +31,7 @@ if ! command -v postfix > /dev/null || ! command -v dovecot > /dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y postfix dovecot-core >&2
 fi
 
-# Runs go under a directory marked as a top of hierarchy (chattr +T), so that ext4 puts
-# each run's files in another block group than the last run's deleted ones (see SETTLE
-# in bench/lib.sh); elsewhere the attribute is simply not set.
-RUNS=/tmp/postern-bench-runs
-mkdir -p "$RUNS"
-chattr +T "$RUNS" 2>/dev/null || true
-DIR=$(mktemp -d "$RUNS/postfix.XXXXXX")
+DIR=$(new_run_dir postfix)
 chmod 755 "$DIR"
 cp -a /etc/postfix "$DIR/etc-postfix.orig"
 SINK_PID=
@@ -214,7 +204,4 @@ server_pids() {
 queue_empty() {
     postqueue -p 2>/dev/null | grep -q 'Mail queue is empty'
 }
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
-
 profiled_workloads

@@ -17,16 +17,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-B=$ROOT/target/release
-TOTAL_A=${TOTAL_A:-5000}
-TOTAL_B=${TOTAL_B:-2000}
-TOTAL_C=${TOTAL_C:-5000}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 PORT_BASE=${PORT_BASE:-25200}
 MX_PORT=$((PORT_BASE + 25))
 SUB_PORT=$((PORT_BASE + 87))
 SINK_PORT=$((PORT_BASE + 26))
-USER_ADDR=bench@bench.test
-PASSWORD=bench-secret
 
 # The idle workload needs a descriptor per session, in the bench and in the server.
 ulimit -n "$(ulimit -Hn)"
@@ -36,13 +32,7 @@ if [[ ${NO_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release --locked -p postern -p postern-bench >&2)
 fi
 
-# Runs go under a directory marked as a top of hierarchy (chattr +T), so that ext4 puts
-# each run's files in another block group than the last run's deleted ones (see SETTLE
-# in bench/lib.sh); elsewhere the attribute is simply not set.
-RUNS=/tmp/postern-bench-runs
-mkdir -p "$RUNS"
-chattr +T "$RUNS" 2>/dev/null || true
-DIR=$(mktemp -d "$RUNS/postern.XXXXXX")
+DIR=$(new_run_dir postern)
 SERVER_PID=
 SINK_PID=
 cleanup() {
@@ -128,7 +118,4 @@ queue_empty() {
     "$B/postern" status --config "$CONFIG" 2>/dev/null | grep -q 'queue: 0 messages'
 }
 MAILDIR=$DIR/mail/bench.test/bench/Maildir
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
-
 profiled_workloads
