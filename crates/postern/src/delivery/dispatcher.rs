@@ -121,12 +121,21 @@ enum Job {
     Deliver {
         id: QueueId,
         force: bool,
+        /// The message as just committed, when it is still in memory.
+        accepted: Option<Box<Accepted>>,
     },
     FlushAll,
     Delete {
         id: QueueId,
         done: oneshot::Sender<Result<(), String>>,
     },
+}
+
+/// A message just committed to the queue, handed over in memory so that its first
+/// delivery attempt does not read back what was just written.
+struct Accepted {
+    envelope: Envelope,
+    message: Arc<Vec<u8>>,
 }
 
 /// A handle to the dispatcher task.
@@ -136,17 +145,26 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A newly committed message: deliver it now.
-    pub fn notify(&self, id: QueueId) {
+    /// A newly committed message: deliver it now. `envelope` and `message` must be what
+    /// [`Spool::commit`] stored.
+    pub fn accepted(&self, envelope: Envelope, message: Arc<Vec<u8>>) {
         // A closed channel means the server is stopping; the message is on disk and
         // is picked up again at the next start.
-        let _ = self.tx.send(Job::Deliver { id, force: false });
+        let _ = self.tx.send(Job::Deliver {
+            id: envelope.queue_id.clone(),
+            force: false,
+            accepted: Some(Box::new(Accepted { envelope, message })),
+        });
     }
 
     /// Retry now, ignoring the retry schedule: one message, or all.
     pub fn flush(&self, id: Option<QueueId>) {
         let _ = self.tx.send(match id {
-            Some(id) => Job::Deliver { id, force: true },
+            Some(id) => Job::Deliver {
+                id,
+                force: true,
+                accepted: None,
+            },
             None => Job::FlushAll,
         });
     }
@@ -187,7 +205,11 @@ pub fn start(
 ) -> (Dispatcher, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     for id in recovered {
-        let _ = tx.send(Job::Deliver { id, force: false });
+        let _ = tx.send(Job::Deliver {
+            id,
+            force: false,
+            accepted: None,
+        });
     }
     let state = Arc::new(State {
         slots: Semaphore::new(deliverer.config().outbound.max_connections.max(1)),
@@ -213,11 +235,13 @@ async fn run(
             biased;
             _ = stop_requested(&mut stop) => break,
             job = rx.recv() => match job {
-                Some(Job::Deliver { id, force }) => spawn_delivery(&state, &mut tasks, id, force),
+                Some(Job::Deliver { id, force, accepted }) => {
+                    spawn_delivery(&state, &mut tasks, id, force, accepted);
+                }
                 Some(Job::FlushAll) => {
                     let all = std::mem::take(&mut *lock(&state.schedule));
                     for id in all.into_values().flatten() {
-                        spawn_delivery(&state, &mut tasks, id, true);
+                        spawn_delivery(&state, &mut tasks, id, true, None);
                     }
                 }
                 Some(Job::Delete { id, done }) => {
@@ -227,7 +251,7 @@ async fn run(
             },
             _ = tick.tick() => {
                 for id in take_due(&state.schedule, now()) {
-                    spawn_delivery(&state, &mut tasks, id, false);
+                    spawn_delivery(&state, &mut tasks, id, false, None);
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -266,6 +290,7 @@ fn spawn_delivery(
     tasks: &mut tokio::task::JoinSet<()>,
     id: QueueId,
     force: bool,
+    accepted: Option<Box<Accepted>>,
 ) {
     if !lock(&state.in_flight).insert(id.clone()) {
         return;
@@ -275,7 +300,7 @@ fn spawn_delivery(
         // Clears the in-flight mark even if the delivery panics, so the message is not
         // stuck (never retried, never deletable) until the next restart.
         let _in_flight = InFlight(&state, id.clone());
-        match deliver_message(&state, &id, force).await {
+        match deliver_message(&state, &id, force, accepted).await {
             Ok(Some(next)) => reschedule(&state, next, id.clone()),
             Ok(None) => {}
             Err(SpoolError::NotFound { .. }) => {}
@@ -318,9 +343,13 @@ async fn deliver_message(
     state: &State,
     id: &QueueId,
     force: bool,
+    accepted: Option<Box<Accepted>>,
 ) -> Result<Option<i64>, SpoolError> {
     let d = &state.d;
-    let mut envelope = d.spool.load(id)?;
+    let (mut envelope, in_memory) = match accepted {
+        Some(accepted) => (accepted.envelope, Some(accepted.message)),
+        None => (d.spool.load(id)?, None),
+    };
     let now = now();
     let due: Vec<usize> = (0..envelope.recipients.len())
         .filter(|&i| {
@@ -331,8 +360,11 @@ async fn deliver_message(
     if due.is_empty() {
         return Ok(next_attempt(&envelope));
     }
-    let message = Arc::new(d.spool.read_message(id)?);
-    let outcomes = deliver_due(state, &envelope, &due, &message).await;
+    let message = match in_memory {
+        Some(message) => message,
+        None => Arc::new(d.spool.read_message(id)?),
+    };
+    let (outcomes, removed) = deliver_due(state, &envelope, &due, &message).await;
     let mut bounces = Vec::new();
     for (i, outcome) in outcomes {
         if let Some(report) = record(&d.config(), &mut envelope, i, outcome, now) {
@@ -364,35 +396,44 @@ async fn deliver_message(
         }
     }
     if envelope.is_done() {
-        d.spool.remove(id).await?;
+        if !removed {
+            d.spool.remove(id).await?;
+        }
         return Ok(None);
     }
     d.spool.update(&envelope).await?;
     Ok(next_attempt(&envelope))
 }
 
-/// Delivers the due recipients: local ones one by one, remote ones grouped by domain
-/// (one transaction for all recipients of a domain).
+/// Delivers the due recipients: the local ones together in one blocking task, the
+/// remote ones grouped by domain (one transaction for all recipients of a domain).
+/// Also says whether the message has been taken out of the queue already (see
+/// [`deliver_locally`]).
 async fn deliver_due(
     state: &State,
     envelope: &Envelope,
     due: &[usize],
     message: &Arc<Vec<u8>>,
-) -> Vec<(usize, Outcome)> {
+) -> (Vec<(usize, Outcome)>, bool) {
     let d = &state.d;
+    let config = d.config();
+    let (local, remote): (Vec<usize>, Vec<usize>) = due.iter().partition(|&&i| {
+        config.is_local_domain(&domain_of(&envelope.recipients[i].address).to_lowercase())
+    });
     let mut outcomes = Vec::new();
-    let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for &i in due {
-        let address = &envelope.recipients[i].address;
-        let domain = domain_of(address).to_lowercase();
-        if d.config().is_local_domain(&domain) {
-            let _slot = state.slots.acquire().await;
-            outcomes.push((i, deliver_local(d, envelope, address, message).await));
-        } else {
-            remote.entry(domain).or_default().push(i);
-        }
+    let mut removed = false;
+    if !local.is_empty() {
+        let finishes = remote.is_empty() && due.len() == pending_count(envelope);
+        let delivered;
+        (delivered, removed) = deliver_locally(state, envelope, local, message, finishes).await;
+        outcomes.extend(delivered);
     }
-    for (domain, indexes) in remote {
+    let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for i in remote {
+        let domain = domain_of(&envelope.recipients[i].address).to_lowercase();
+        by_domain.entry(domain).or_default().push(i);
+    }
+    for (domain, indexes) in by_domain {
         let destination = destination_slots(state, &domain);
         let _destination_slot = destination.acquire().await;
         let _slot = state.slots.acquire().await;
@@ -404,7 +445,64 @@ async fn deliver_due(
             smtp_client::deliver_domain(d, &envelope.from, &domain, &rcpts, message).await;
         outcomes.extend(indexes.into_iter().zip(results));
     }
-    outcomes
+    (outcomes, removed)
+}
+
+/// Delivers to the local recipients `indexes` one after the other, in one blocking task.
+/// When `finishes` (these are all the recipients left) and every one of them was
+/// delivered, the same task also takes the message out of the queue and says so: most
+/// mail for local mailboxes is then done with one hand-over to a blocking thread and
+/// back, instead of one for the Maildir files and another for the removal.
+async fn deliver_locally(
+    state: &State,
+    envelope: &Envelope,
+    indexes: Vec<usize>,
+    message: &Arc<Vec<u8>>,
+    finishes: bool,
+) -> (Vec<(usize, Outcome)>, bool) {
+    let _slot = state.slots.acquire().await;
+    let (d, envelope, message) = (Arc::clone(&state.d), envelope.clone(), Arc::clone(message));
+    let attempted = indexes.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let outcomes: Vec<(usize, Outcome)> = indexes
+            .into_iter()
+            .map(|i| {
+                let address = &envelope.recipients[i].address;
+                (i, deliver_local(&d, &envelope, address, &message))
+            })
+            .collect();
+        let all_delivered = outcomes
+            .iter()
+            .all(|(_, outcome)| matches!(outcome, Outcome::Delivered { .. }));
+        // If the removal fails here, the caller tries again (and reports the error).
+        let removed =
+            finishes && all_delivered && d.spool.remove_blocking(&envelope.queue_id).is_ok();
+        (outcomes, removed)
+    });
+    match task.await {
+        Ok(done) => done,
+        // A panic in the task: nothing is known to be delivered, so try again later.
+        Err(e) => {
+            let reply = format!("local delivery failed: {e}");
+            let outcome = Outcome::deferred("4.3.0", reply, maildir_relay());
+            (
+                attempted
+                    .into_iter()
+                    .map(|i| (i, outcome.clone()))
+                    .collect(),
+                false,
+            )
+        }
+    }
+}
+
+/// Recipients still waiting for delivery.
+fn pending_count(envelope: &Envelope) -> usize {
+    envelope
+        .recipients
+        .iter()
+        .filter(|r| r.status == RecipientStatus::Pending)
+        .count()
 }
 
 fn destination_slots(state: &State, domain: &str) -> Arc<Semaphore> {
@@ -434,12 +532,8 @@ fn maildir_relay() -> Option<String> {
     Some("maildir".to_string())
 }
 
-async fn deliver_local(
-    d: &Deliverer,
-    envelope: &Envelope,
-    address: &str,
-    message: &Arc<Vec<u8>>,
-) -> Outcome {
+/// Delivers to one local mailbox. Blocking.
+fn deliver_local(d: &Deliverer, envelope: &Envelope, address: &str, message: &[u8]) -> Outcome {
     let account = match d.users().lookup(address) {
         Ok(Some(account)) => account,
         Ok(None) => {
@@ -473,16 +567,10 @@ async fn deliver_local(
         .map(|(uid, gid)| maildir::Owner { uid, gid })
         .or_else(|| configured_owner(&d.config()))
         .filter(|o| can_give_to(o, &account.login));
+    let hostname = &d.config().hostname;
     let written = d
         .maildirs
-        .deliver(
-            path,
-            d.config().hostname.clone(),
-            prefix.into_bytes(),
-            message.clone(),
-            owner,
-        )
-        .await;
+        .deliver(&path, hostname, prefix.as_bytes(), message, owner);
     maildir_outcome(written)
 }
 
@@ -663,11 +751,16 @@ async fn notify_sender(
         size,
         now.timestamp(),
     );
-    d.spool.commit(&bounce, vec![notification]).await?;
+    let notification = Arc::new(notification);
+    d.spool.commit(&bounce, Arc::clone(&notification)).await?;
     tracing::info!(event = "notification_queued", queue_id = %queue_id, about = %envelope.queue_id, to = %envelope.from, kind = match reports.first().map(|r| r.action) { Some(DsnAction::Delayed) => "delayed", _ => "bounce" });
     let _ = state.jobs.send(Job::Deliver {
         id: queue_id,
         force: false,
+        accepted: Some(Box::new(Accepted {
+            envelope: bounce,
+            message: notification,
+        })),
     });
     Ok(())
 }

@@ -279,33 +279,25 @@ impl Default for Publisher {
 }
 
 impl Publisher {
-    /// [`deliver_as`], in a blocking task, with the link into `new/` and the directory
-    /// fsync batched with other deliveries.
-    pub async fn deliver(
+    /// [`deliver_as`], with the link into `new/` and the directory fsync batched with
+    /// other deliveries. Blocking: call it on a blocking thread of the Tokio runtime (the
+    /// batch may be handed to another one).
+    pub fn deliver(
         &self,
-        maildir: PathBuf,
-        hostname: String,
-        prefix: Vec<u8>,
-        message: Arc<Vec<u8>>,
+        maildir: &Path,
+        hostname: &str,
+        prefix: &[u8],
+        message: &[u8],
         owner: Option<Owner>,
     ) -> Result<PathBuf, MaildirError> {
-        let batches = Arc::clone(&self.batches);
-        tokio::task::spawn_blocking(move || {
-            let staged = stage(&maildir, &hostname, &prefix, &message, owner)?;
-            batches
-                .submit_blocking(staged)
-                .map_err(|e| task_failed(e.to_string()))?
-        })
-        .await
-        .map_err(|e| task_failed(e.to_string()))?
-    }
-}
-
-/// A delivery task that panicked: treated like an I/O error, so the queue retries.
-fn task_failed(reason: String) -> MaildirError {
-    MaildirError::Io {
-        path: PathBuf::new(),
-        source: io::Error::other(reason),
+        let staged = stage(maildir, hostname, prefix, message, owner)?;
+        self.batches
+            .submit_blocking(staged)
+            .map_err(|e| MaildirError::Io {
+                // A batch that panicked: like an I/O error, so the queue retries.
+                path: maildir.to_owned(),
+                source: io::Error::other(e.to_string()),
+            })?
     }
 }
 
@@ -734,11 +726,8 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (publisher, maildir) = (Arc::clone(&publisher), root.path().to_owned());
-                tokio::spawn(async move {
-                    let message = Arc::new(MESSAGE.to_vec());
-                    publisher
-                        .deliver(maildir, "mx".into(), Vec::new(), message, None)
-                        .await
+                tokio::task::spawn_blocking(move || {
+                    publisher.deliver(&maildir, "mx", b"", MESSAGE, None)
                 })
             })
             .collect();

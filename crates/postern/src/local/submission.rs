@@ -1,6 +1,7 @@
 //! One local submission: from a [`Request`] and the raw message to a queued message,
 //! through the same policy and spool as SMTP mail.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Local;
@@ -121,7 +122,10 @@ async fn queue_message(
         .map(|v| originating_script(&v));
     let body = message.into_bytes();
     let prefix = dkim_signature(&settings.signer, &prefix, &body)? + &prefix;
-    let size = (prefix.len() + body.len()) as u64;
+    let mut stored = prefix.into_bytes();
+    stored.extend_from_slice(&body);
+    let stored = Arc::new(stored);
+    let size = stored.len() as u64;
     if size > config.limits.max_message_size as u64 {
         return Err(Response::new(
             exit::DATA_ERROR,
@@ -143,11 +147,7 @@ async fn queue_message(
         size,
         chrono::Utc::now().timestamp(),
     );
-    if let Err(e) = ctx
-        .spool
-        .commit(&envelope, vec![prefix.into_bytes(), body])
-        .await
-    {
+    if let Err(e) = ctx.spool.commit(&envelope, Arc::clone(&stored)).await {
         tracing::error!(event = "spool_failed", queue_id = %queue_id, uid = client.user.uid, error = %e);
         return Err(Response::new(
             exit::TEMPORARY,
@@ -158,7 +158,7 @@ async fn queue_message(
     crate::metrics::message_accepted("local");
     ctx.rates
         .record_message(&budgets, envelope.recipients.len() as u32, Instant::now());
-    ctx.delivery.notify(queue_id.clone());
+    ctx.delivery.accepted(envelope, stored);
     Ok(queue_id)
 }
 

@@ -30,7 +30,10 @@
 //! free file, never acknowledged. Update: write the new `.env` under another name, fsync,
 //! rename over the old one, fsync the directory. Remove: the `.msg` first (the item is
 //! gone), then any `.env`; a crash in between leaves a `.env` alone, which `recover`
-//! removes.
+//! removes. A removal has no fsync of its own: the next commit's directory fsync, or the
+//! kernel's writeback, makes it durable. Until then a crash can bring a delivered
+//! message back (delivered twice, never lost), or leave its old name on a file already
+//! blanked or reused, which `recover` recognises and removes.
 //!
 //! Files are mode 0600 and the directory 0700: the queue holds other people's mail.
 //!
@@ -131,8 +134,6 @@ enum Change {
     Commit { id: QueueId, item: TempFile },
     /// A rewritten envelope, written and fsynced under a temporary name.
     Update { id: QueueId, envelope: TempFile },
-    /// A finished message to take out of the queue.
-    Remove { id: QueueId },
 }
 
 /// What the blocking work needs: the directory and its pool of free files.
@@ -157,22 +158,26 @@ impl Spool {
         Ok(Spool { inner, publisher })
     }
 
-    /// Stores a new message durably: writes its envelope and the message (the
-    /// concatenation of `parts`, e.g. added headers then the body) to one file, fsyncs
-    /// it, renames it into place, and fsyncs the directory. Only when this returns `Ok`
-    /// may the caller answer `250`.
+    /// Stores a new message durably: writes its envelope and the message to one file,
+    /// fsyncs it, renames it into place, and fsyncs the directory. Only when this returns
+    /// `Ok` may the caller answer `250`. The message is shared, not copied, so that the
+    /// caller can hand the same bytes to delivery afterwards.
     ///
     /// Group commit: the file is written and fsynced in parallel with other commits;
     /// the renames and the directory fsync are done for a whole batch of changes at once
     /// ([`GroupCommit`]), so sessions finishing DATA together share one directory fsync.
     ///
-    /// `envelope.size` should be the total length of `parts`. If the future is dropped,
-    /// the write still finishes in the background: the message may end up queued without
+    /// `envelope.size` should be the length of `message`. If the future is dropped, the
+    /// write still finishes in the background: the message may end up queued without
     /// having been acknowledged, which at worst delivers it twice.
-    pub async fn commit(&self, envelope: &Envelope, parts: Vec<Vec<u8>>) -> Result<(), SpoolError> {
+    pub async fn commit(
+        &self,
+        envelope: &Envelope,
+        message: Arc<Vec<u8>>,
+    ) -> Result<(), SpoolError> {
         debug_assert_eq!(
             envelope.size,
-            parts.iter().map(|p| p.len() as u64).sum::<u64>(),
+            message.len() as u64,
             "envelope size must match the message"
         );
         let json = encode(envelope)?;
@@ -180,7 +185,7 @@ impl Spool {
         let inner = Arc::clone(&self.inner);
         let publisher = Arc::clone(&self.publisher);
         tokio::task::spawn_blocking(move || {
-            let change = inner.stage_commit(id, &json, &parts)?;
+            let change = inner.stage_commit(id, &json, &message)?;
             publisher.submit_blocking(change)?
         })
         .await?
@@ -201,12 +206,24 @@ impl Spool {
         .await?
     }
 
-    /// Removes a finished message: the `.msg` first, then any `.env`, then fsyncs the
-    /// directory so that it does not come back after a crash. Removing a message that is
-    /// already gone is not an error.
+    /// Removes a finished message: the `.msg` first, then any `.env`. Removing a message
+    /// that is already gone is not an error.
+    ///
+    /// Not fsynced on its own: the removal reaches the disk with the next commit's
+    /// directory fsync (same directory) or with the kernel's writeback of the directory,
+    /// whichever comes first. A crash before that brings the finished message back and
+    /// delivers it again: a duplicate, never a loss, and a directory fsync saved per
+    /// batch of deliveries. [`Spool::recover`] knows the files such a crash can leave.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
-        let change = Change::Remove { id: id.clone() };
-        self.publisher.submit(change).await?
+        let spool = self.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || spool.remove_blocking(&id)).await?
+    }
+
+    /// [`remove`](Spool::remove), for a caller on a blocking thread.
+    pub fn remove_blocking(&self, id: &QueueId) -> Result<(), SpoolError> {
+        self.inner.release(&self.inner.path(id, MESSAGE_EXT))?;
+        self.inner.release(&self.inner.path(id, ENVELOPE_EXT))
     }
 
     /// Reads an envelope. Blocking, but small.
@@ -261,18 +278,10 @@ impl SpoolDir {
     }
 
     /// The parallel part of a commit: writes and fsyncs the `.msg` under another name.
-    fn stage_commit(
-        &self,
-        id: QueueId,
-        json: &[u8],
-        parts: &[Vec<u8>],
-    ) -> Result<Change, SpoolError> {
-        if exists(&self.path(&id, MESSAGE_EXT))? || exists(&self.path(&id, ENVELOPE_EXT))? {
-            return Err(SpoolError::Duplicate { id });
-        }
+    /// (That no message has this ID yet is checked by the rename, which never replaces.)
+    fn stage_commit(&self, id: QueueId, json: &[u8], message: &[u8]) -> Result<Change, SpoolError> {
         let header = format!("{HEADER_MAGIC} {}\n", json.len());
-        let mut all: Vec<&[u8]> = vec![header.as_bytes(), json, b"\n"];
-        all.extend(parts.iter().map(Vec::as_slice));
+        let all: [&[u8]; 4] = [header.as_bytes(), json, b"\n", message];
         let item = self.write_temp(&file_name(&id, MESSAGE_EXT), &all)?;
         Ok(Change::Commit { id, item })
     }
@@ -315,8 +324,14 @@ impl SpoolDir {
     fn apply(&self, change: Change) -> Result<Option<QueueId>, SpoolError> {
         match change {
             Change::Commit { id, item } => {
-                item.persist(&self.path(&id, MESSAGE_EXT))?;
-                Ok(Some(id))
+                let path = self.path(&id, MESSAGE_EXT);
+                match item.persist_new(&path) {
+                    Ok(()) => Ok(Some(id)),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        Err(SpoolError::Duplicate { id })
+                    }
+                    Err(source) => Err(SpoolError::Io { path, source }),
+                }
             }
             Change::Update { id, envelope } => {
                 // Removed since the update was staged: don't bring it back.
@@ -324,11 +339,6 @@ impl SpoolDir {
                     return Err(SpoolError::NotFound { id });
                 }
                 envelope.persist(&self.path(&id, ENVELOPE_EXT))?;
-                Ok(None)
-            }
-            Change::Remove { id } => {
-                self.release(&self.path(&id, MESSAGE_EXT))?;
-                self.release(&self.path(&id, ENVELOPE_EXT))?;
                 Ok(None)
             }
         }
@@ -425,13 +435,37 @@ impl SpoolDir {
         let mut committed = Vec::with_capacity(scan.messages.len());
         // BTreeSet iterates in ID order, which is time order.
         for id in scan.messages {
-            match self.load(&id) {
+            let loaded = self.load(&id);
+            if self.released_before_a_crash(&id, &loaded) {
+                for ext in [MESSAGE_EXT, ENVELOPE_EXT] {
+                    let what = "finished message whose removal had not reached the disk";
+                    self.remove_leftover(&self.path(&id, ext), what);
+                }
+                continue;
+            }
+            match loaded {
                 Ok(_) => committed.push(id),
                 Err(SpoolError::Corrupt { message, .. }) => self.quarantine(&id, &message),
                 Err(e) => return Err(e),
             }
         }
         Ok(committed)
+    }
+
+    /// Whether the `.msg` of `id` is a file that had been released (renamed to `free-…`,
+    /// then blanked or reused for another message) when a crash lost the rename, which
+    /// [`Spool::remove`] does not fsync: all zeros, empty although its envelope says
+    /// otherwise, or holding another queue ID's message. Nothing else writes such files,
+    /// and such a message had been delivered: its remains are removed, not quarantined.
+    fn released_before_a_crash(&self, id: &QueueId, loaded: &Result<Envelope, SpoolError>) -> bool {
+        use std::io::Read;
+        let path = self.path(id, MESSAGE_EXT);
+        let mut first = [0u8; 1];
+        match File::open(&path).and_then(|mut file| file.read(&mut first)) {
+            Ok(0) => !matches!(loaded, Ok(envelope) if envelope.size == 0),
+            Ok(_) => first[0] == 0 || holds_another_message(&path, id),
+            Err(_) => false,
+        }
     }
 
     /// Sorts the directory's entries by what their names say they are.
@@ -668,7 +702,33 @@ impl TempFile {
         Ok(temp)
     }
 
-    /// Renames the file to `to`. The caller fsyncs the directory.
+    /// Renames the file to `to`, unless `to` exists (`AlreadyExists`). The caller fsyncs
+    /// the directory.
+    fn persist_new(mut self, to: &Path) -> io::Result<()> {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(
+            AT_FDCWD,
+            &self.path,
+            AT_FDCWD,
+            to,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            // A file system without RENAME_NOREPLACE: look, then rename. Queue IDs are
+            // unique, so nothing else creates `to` in between.
+            Err(nix::errno::Errno::EINVAL) => {
+                if to.try_exists()? {
+                    return Err(io::ErrorKind::AlreadyExists.into());
+                }
+                fs::rename(&self.path, to)?;
+            }
+            Err(errno) => return Err(errno.into()),
+        }
+        self.persisted = true;
+        Ok(())
+    }
+
+    /// Renames the file to `to`, replacing it. The caller fsyncs the directory.
     fn persist(mut self, to: &Path) -> Result<(), SpoolError> {
         fs::rename(&self.path, to).map_err(|source| SpoolError::Io {
             path: to.to_owned(),
@@ -719,6 +779,14 @@ fn parse_header(bytes: &[u8]) -> Header {
         },
         _ => Header::Damaged("bad header line".into()),
     }
+}
+
+/// Whether the `.msg` at `path` starts with the envelope of another queue ID.
+fn holds_another_message(path: &Path, id: &QueueId) -> bool {
+    read_stored_envelope(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Envelope>(&bytes).ok())
+        .is_some_and(|envelope| envelope.queue_id != *id)
 }
 
 /// The envelope stored at the start of a `.msg`. A `.msg` without one (from an earlier
@@ -825,10 +893,7 @@ mod tests {
     async fn commit_one(spool: &Spool) -> Envelope {
         let parts: [&[u8]; 2] = [b"Received: by test\r\n", b"Subject: hi\r\n\r\nbody\r\n"];
         let env = envelope(&parts);
-        spool
-            .commit(&env, parts.iter().map(|p| p.to_vec()).collect())
-            .await
-            .unwrap();
+        spool.commit(&env, Arc::new(parts.concat())).await.unwrap();
         env
     }
 
@@ -923,7 +988,7 @@ mod tests {
         let env = commit_one(&spool).await;
         let mut other = env.clone();
         other.size = 5;
-        let err = spool.commit(&other, vec![b"other".to_vec()]).await;
+        let err = spool.commit(&other, Arc::new(b"other".to_vec())).await;
         assert!(matches!(err, Err(SpoolError::Duplicate { .. })), "{err:?}");
         assert_eq!(
             spool.read_message(&env.queue_id).unwrap(),
@@ -1119,7 +1184,7 @@ mod tests {
         let spool = Spool::open(data.path()).unwrap();
         let big = vec![b'a'; BLANK_AT_MOST as usize + 1];
         let env = envelope(&[&big]);
-        spool.commit(&env, vec![big.clone()]).await.unwrap();
+        spool.commit(&env, Arc::new(big.clone())).await.unwrap();
         spool.remove(&env.queue_id).await.unwrap();
         let free = free_files(spool.dir());
         assert_eq!(free.len(), 1);
@@ -1142,6 +1207,41 @@ mod tests {
         assert_eq!(
             restarted.read_message(&env.queue_id).unwrap(),
             b"Received: by test\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn recover_drops_finished_messages_whose_removal_a_crash_lost() {
+        // `remove` does not fsync: after a crash the old name can be back, holding the
+        // zeros of the blanking, nothing (truncated), or the next message written into
+        // the free file. Each was delivered; none may be delivered again or quarantined.
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let kept = commit_one(&spool).await;
+        let blanked = commit_one(&spool).await;
+        let truncated = commit_one(&spool).await;
+        let reused = commit_one(&spool).await;
+        let updated = commit_one(&spool).await;
+        spool.update(&updated).await.unwrap();
+        let zeros = |id: &QueueId| {
+            let path = spool.message_path(id);
+            let len = fs::metadata(&path).unwrap().len() as usize;
+            fs::write(path, vec![0; len]).unwrap();
+        };
+        zeros(&blanked.queue_id);
+        zeros(&updated.queue_id);
+        fs::write(spool.message_path(&truncated.queue_id), b"").unwrap();
+        fs::copy(
+            spool.message_path(&kept.queue_id),
+            spool.message_path(&reused.queue_id),
+        )
+        .unwrap();
+
+        let restarted = Spool::open(data.path()).unwrap();
+        assert_eq!(restarted.recover().unwrap(), std::slice::from_ref(&kept.queue_id));
+        assert_eq!(
+            names_in(spool.dir()),
+            [file_name(&kept.queue_id, MESSAGE_EXT)]
         );
     }
 
@@ -1249,7 +1349,9 @@ mod tests {
         let spool = Spool::open(data.path()).unwrap();
         fs::remove_dir(spool.dir()).unwrap();
         let parts: [&[u8]; 1] = [b"x"];
-        let err = spool.commit(&envelope(&parts), vec![b"x".to_vec()]).await;
+        let err = spool
+            .commit(&envelope(&parts), Arc::new(b"x".to_vec()))
+            .await;
         assert!(matches!(err, Err(SpoolError::Io { .. })), "{err:?}");
     }
 }

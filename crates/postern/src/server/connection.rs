@@ -531,7 +531,10 @@ impl Connection {
             self.settings.users.as_ref(),
             &tx.rcpts,
         );
-        let size = (prefix.len() + tx.body.len()) as u64;
+        let mut message = prefix.into_bytes();
+        message.extend_from_slice(&tx.body);
+        let message = Arc::new(message);
+        let size = message.len() as u64;
         let envelope = Envelope::new(
             queue_id.clone(),
             from.clone(),
@@ -544,12 +547,7 @@ impl Connection {
             size,
             chrono::Utc::now().timestamp(),
         );
-        if let Err(e) = self
-            .ctx
-            .spool
-            .commit(&envelope, vec![prefix.into_bytes(), tx.body])
-            .await
-        {
+        if let Err(e) = self.ctx.spool.commit(&envelope, Arc::clone(&message)).await {
             tracing::error!(event = "spool_failed", queue_id = %queue_id, client = %self.client, error = %e);
             return Err(Reply::spool_failed());
         }
@@ -570,7 +568,7 @@ impl Connection {
         self.ctx
             .rates
             .record_message(&self.budgets(), count, Instant::now());
-        self.ctx.delivery.notify(queue_id.clone());
+        self.ctx.delivery.accepted(envelope, message);
         Ok(queue_id.to_string())
     }
 
