@@ -9,7 +9,7 @@
 //!
 //! | name | what it is |
 //! | --- | --- |
-//! | `queue/<ID>.msg` | a header line `postern-queue-1 <length>`, the envelope as first committed (JSON of that length) and a newline, then the message. Never changed once written. **The commit point:** a message is in the queue iff its `.msg` exists |
+//! | `queue/<ID>.msg` | a header line `postern-queue-1 <envelope length> <message length>`, the envelope as first committed (JSON of that length) and a newline, the message, then zeros up to a multiple of 4 KiB. (Files written before the message length was recorded have one number, and the message runs to the end.) Never changed once written. **The commit point:** a message is in the queue iff its `.msg` exists |
 //! | `queue/<ID>.env` | the envelope's later states (recipients done, retry times) as JSON, rewritten atomically; when present it supersedes the envelope in the `.msg` |
 //! | `queue/tmp-<ID>.<ext>.<random>` | a file being written; never read, removed by [`Spool::recover`] |
 //! | `queue/free-<random>` | a blanked file (all zeros) of a finished message, kept for reuse (see below); also written in place for the next message before its rename |
@@ -76,6 +76,8 @@ const BLANK_AT_MOST: u64 = 64 * 1024;
 /// its rate at 1,024. At most 4,096 × [`BLANK_AT_MOST`] (256 MiB) of disk stays allocated.
 pub const MAX_FREE_FILES: usize = 4096;
 const MESSAGE_EXT: &str = "msg";
+/// A `.msg` is padded with zeros to a multiple of this (see [`SpoolDir::stage_commit`]).
+const PAD_TO: usize = 4096;
 /// The first word of a `.msg` that starts with its envelope.
 const HEADER_MAGIC: &str = "postern-queue-1";
 /// The longest header line and envelope read back: a bound against a damaged file.
@@ -240,12 +242,25 @@ impl Spool {
         let path = self.message_path(id);
         let mut bytes =
             read_still_named(&path).map_err(|e| not_found_or_io(id, path.clone(), e))?;
-        let start = match parse_header(&bytes) {
-            Header::Envelope { start, len } => start + len + 1,
-            Header::None => 0,
+        let (start, end) = match parse_header(&bytes) {
+            Header::Envelope {
+                start,
+                len,
+                message_len,
+            } => {
+                let message_start = start + len + 1;
+                let end = message_len.map_or(bytes.len(), |n| message_start.saturating_add(n));
+                (message_start, end)
+            }
+            Header::None => (0, bytes.len()),
             Header::Damaged(message) => return Err(SpoolError::Corrupt { path, message }),
         };
-        bytes.drain(..start.min(bytes.len()));
+        if end > bytes.len() {
+            let message = format!("{} bytes of the message are missing", end - bytes.len());
+            return Err(SpoolError::Corrupt { path, message });
+        }
+        bytes.truncate(end);
+        bytes.drain(..start.min(end));
         Ok(bytes)
     }
 
@@ -279,9 +294,17 @@ impl SpoolDir {
 
     /// The parallel part of a commit: writes and fsyncs the `.msg` under another name.
     /// (That no message has this ID yet is checked by the rename, which never replaces.)
+    ///
+    /// The file is padded with zeros to a multiple of [`PAD_TO`], and the header says where
+    /// the message ends: a free file reused for a message that needs as many pages keeps
+    /// its size and its blocks, so a commit neither truncates it (freeing blocks) nor
+    /// extends it (allocating them again), which would add bitmap writes to its fsync.
     fn stage_commit(&self, id: QueueId, json: &[u8], message: &[u8]) -> Result<Change, SpoolError> {
-        let header = format!("{HEADER_MAGIC} {}\n", json.len());
-        let all: [&[u8]; 4] = [header.as_bytes(), json, b"\n", message];
+        static ZEROS: [u8; PAD_TO] = [0; PAD_TO];
+        let header = format!("{HEADER_MAGIC} {} {}\n", json.len(), message.len());
+        let written = header.len() + json.len() + 1 + message.len();
+        let padding = &ZEROS[..(PAD_TO - written % PAD_TO) % PAD_TO];
+        let all: [&[u8]; 5] = [header.as_bytes(), json, b"\n", message, padding];
         let item = self.write_temp(&file_name(&id, MESSAGE_EXT), &all)?;
         Ok(Change::Commit { id, item })
     }
@@ -751,10 +774,13 @@ fn reuse(free: &Path) -> io::Result<File> {
 
 /// What a `.msg` starts with.
 enum Header {
-    /// The header line: the envelope is `len` bytes from `start`, then a newline.
+    /// The header line: the envelope is `len` bytes from `start`, then a newline, then
+    /// the message: `message_len` bytes (then padding) or, in files written before the
+    /// length was recorded, everything to the end.
     Envelope {
         start: usize,
         len: usize,
+        message_len: Option<usize>,
     },
     /// No header: a message written by an earlier version, all message.
     None,
@@ -769,14 +795,19 @@ fn parse_header(bytes: &[u8]) -> Header {
         .iter()
         .take(MAX_HEADER_LINE as usize)
         .position(|&b| b == b'\n');
-    let len = line_end
+    let numbers: Option<Vec<usize>> = line_end
         .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
-        .and_then(|digits| digits.trim().parse::<usize>().ok());
-    match (line_end, len) {
-        (Some(end), Some(len)) if len <= MAX_ENVELOPE_LEN => Header::Envelope {
-            start: HEADER_MAGIC.len() + end + 1,
-            len,
-        },
+        .and_then(|line| line.split_whitespace().map(|n| n.parse().ok()).collect());
+    match (line_end, numbers.as_deref()) {
+        (Some(end), Some(&[len, ref message_len @ ..]))
+            if len <= MAX_ENVELOPE_LEN && message_len.len() <= 1 =>
+        {
+            Header::Envelope {
+                start: HEADER_MAGIC.len() + end + 1,
+                len,
+                message_len: message_len.first().copied(),
+            }
+        }
         _ => Header::Damaged("bad header line".into()),
     }
 }
@@ -836,7 +867,7 @@ fn read_envelope_from(file: &mut File) -> io::Result<Vec<u8>> {
     }
     head.truncate(filled);
     let (start, len) = match parse_header(&head) {
-        Header::Envelope { start, len } => (start, len),
+        Header::Envelope { start, len, .. } => (start, len),
         Header::None | Header::Damaged(_) => return Ok(Vec::new()),
     };
     let mut envelope = head.split_off(start.min(head.len()));
@@ -925,6 +956,30 @@ mod tests {
             stored.starts_with(b"postern-queue-1 "),
             "no envelope header"
         );
+        // Padded, so that the next message written into this file keeps its size.
+        assert_eq!(stored.len() % PAD_TO, 0, "not padded");
+        let end = stored.windows(6).position(|w| w == b"body\r\n").unwrap() + 6;
+        assert!(
+            stored[end..].iter().all(|&b| b == 0),
+            "padding is not zeros"
+        );
+    }
+
+    #[test]
+    fn files_without_the_message_length_are_read_to_their_end() {
+        // As written before the header recorded the message length (and padding).
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let message = b"Subject: unpadded\r\n\r\nbody\r\n";
+        let env = envelope(&[message]);
+        let json = encode(&env).unwrap();
+        let mut stored = format!("{HEADER_MAGIC} {}\n", json.len()).into_bytes();
+        stored.extend_from_slice(&json);
+        stored.push(b'\n');
+        stored.extend_from_slice(message);
+        fs::write(spool.message_path(&env.queue_id), stored).unwrap();
+        assert_eq!(spool.load(&env.queue_id).unwrap(), env);
+        assert_eq!(spool.read_message(&env.queue_id).unwrap(), message);
     }
 
     #[tokio::test]
@@ -956,6 +1011,8 @@ mod tests {
             b"postern-queue-1 abc\n{}\nbody",
             b"postern-queue-1 500\n{\"short\": 1}\n",
             b"postern-queue-1",
+            b"postern-queue-1 2 3 4\n{}\nabc",
+            b"postern-queue-1 2 x\n{}\nabc",
         ] {
             fs::write(spool.message_path(&id), bad).unwrap();
             let loaded = spool.load(&id);
@@ -964,9 +1021,15 @@ mod tests {
                 "{loaded:?}"
             );
         }
-        fs::write(spool.message_path(&id), b"postern-queue-1 abc\n{}\nbody").unwrap();
-        let read = spool.read_message(&id);
-        assert!(matches!(read, Err(SpoolError::Corrupt { .. })), "{read:?}");
+        for bad in [
+            &b"postern-queue-1 abc\n{}\nbody"[..],
+            b"postern-queue-1 2 10\n{}\nbody",
+            b"postern-queue-1 2 18446744073709551615\n{}\nbody",
+        ] {
+            fs::write(spool.message_path(&id), bad).unwrap();
+            let read = spool.read_message(&id);
+            assert!(matches!(read, Err(SpoolError::Corrupt { .. })), "{read:?}");
+        }
     }
 
     #[tokio::test]
@@ -1238,7 +1301,10 @@ mod tests {
         .unwrap();
 
         let restarted = Spool::open(data.path()).unwrap();
-        assert_eq!(restarted.recover().unwrap(), std::slice::from_ref(&kept.queue_id));
+        assert_eq!(
+            restarted.recover().unwrap(),
+            std::slice::from_ref(&kept.queue_id)
+        );
         assert_eq!(
             names_in(spool.dir()),
             [file_name(&kept.queue_id, MESSAGE_EXT)]
