@@ -129,6 +129,14 @@ enum Job {
         id: QueueId,
         done: oneshot::Sender<Result<(), String>>,
     },
+    /// A first attempt made on the committing thread that did not simply deliver
+    /// everything: record its outcomes (bounces, retries) like any other attempt.
+    Conclude {
+        accepted: Box<Accepted>,
+        outcomes: Vec<(usize, Outcome)>,
+        attempted_at: i64,
+        in_flight: InFlight,
+    },
 }
 
 /// A message just committed to the queue, handed over in memory so that its first
@@ -142,19 +150,36 @@ struct Accepted {
 #[derive(Clone)]
 pub struct Dispatcher {
     tx: mpsc::UnboundedSender<Job>,
+    state: Arc<State>,
 }
 
 impl Dispatcher {
-    /// A newly committed message: deliver it now. `envelope` and `message` must be what
-    /// [`Spool::commit`] stored.
-    pub fn accepted(&self, envelope: Envelope, message: Arc<Vec<u8>>) {
-        // A closed channel means the server is stopping; the message is on disk and
-        // is picked up again at the next start.
-        let _ = self.tx.send(Job::Deliver {
-            id: envelope.queue_id.clone(),
-            force: false,
-            accepted: Some(Box::new(Accepted { envelope, message })),
-        });
+    /// The first delivery attempt of a message being committed, to run on the blocking
+    /// thread that commits it, right after the commit ([`Spool::commit_then`]).
+    /// `envelope` and `message` must be what is committed.
+    ///
+    /// Mail whose recipients are all local is delivered there and then: no hand-over to
+    /// the dispatcher task and to another blocking thread, which on a busy MX cost more
+    /// CPU than the Maildir writes. Anything else (remote recipients, every delivery
+    /// slot busy) goes to the dispatcher task, in memory.
+    pub fn first_attempt(
+        &self,
+        envelope: Envelope,
+        message: Arc<Vec<u8>>,
+    ) -> impl FnOnce() + Send + 'static {
+        let state = Arc::clone(&self.state);
+        move || {
+            let accepted = Accepted { envelope, message };
+            if let Some(accepted) = deliver_locally_now(&state, accepted) {
+                // A closed channel means the server is stopping; the message is on disk
+                // and is picked up again at the next start.
+                let _ = state.jobs.send(Job::Deliver {
+                    id: accepted.envelope.queue_id.clone(),
+                    force: false,
+                    accepted: Some(Box::new(accepted)),
+                });
+            }
+        }
     }
 
     /// Retry now, ignoring the retry schedule: one message, or all.
@@ -219,8 +244,8 @@ pub fn start(
         in_flight: Mutex::default(),
         schedule: Mutex::default(),
     });
-    let task = tokio::spawn(run(state, rx, stop));
-    (Dispatcher { tx }, task)
+    let task = tokio::spawn(run(Arc::clone(&state), rx, stop));
+    (Dispatcher { tx, state }, task)
 }
 
 async fn run(
@@ -246,6 +271,16 @@ async fn run(
                 }
                 Some(Job::Delete { id, done }) => {
                     let _ = done.send(delete(&state, &id).await);
+                }
+                Some(Job::Conclude { accepted, outcomes, attempted_at, in_flight }) => {
+                    let state = Arc::clone(&state);
+                    tasks.spawn(async move {
+                        let Accepted { envelope, message } = *accepted;
+                        let id = envelope.queue_id.clone();
+                        let concluded = conclude(&state, envelope, &message, outcomes, false, attempted_at).await;
+                        after_attempt(&state, id, concluded);
+                        drop(in_flight);
+                    });
                 }
                 None => break,
             },
@@ -292,30 +327,47 @@ fn spawn_delivery(
     force: bool,
     accepted: Option<Box<Accepted>>,
 ) {
-    if !lock(&state.in_flight).insert(id.clone()) {
+    let Some(in_flight) = InFlight::claim(state, &id) else {
         return;
-    }
+    };
     let state = state.clone();
     tasks.spawn(async move {
-        // Clears the in-flight mark even if the delivery panics, so the message is not
-        // stuck (never retried, never deletable) until the next restart.
-        let _in_flight = InFlight(&state, id.clone());
-        match deliver_message(&state, &id, force, accepted).await {
-            Ok(Some(next)) => reschedule(&state, next, id.clone()),
-            Ok(None) => {}
-            Err(SpoolError::NotFound { .. }) => {}
-            Err(e) => {
-                tracing::error!(event = "queue_error", queue_id = %id, error = %e);
-                let retry = state.d.config().queue.retry_first.as_secs() as i64;
-                reschedule(&state, now() + retry.max(1), id.clone());
-            }
-        }
+        let attempt = deliver_message(&state, &id, force, accepted).await;
+        after_attempt(&state, id, attempt);
+        drop(in_flight);
     });
 }
 
-struct InFlight<'a>(&'a State, QueueId);
+/// Schedules what an attempt left to do, or its retry after a queue error.
+fn after_attempt(state: &State, id: QueueId, attempt: Result<Option<i64>, SpoolError>) {
+    match attempt {
+        Ok(Some(next)) => reschedule(state, next, id),
+        Ok(None) => {}
+        Err(SpoolError::NotFound { .. }) => {}
+        Err(e) => {
+            tracing::error!(event = "queue_error", queue_id = %id, error = %e);
+            let retry = state.d.config().queue.retry_first.as_secs() as i64;
+            reschedule(state, now() + retry.max(1), id);
+        }
+    }
+}
 
-impl Drop for InFlight<'_> {
+/// The mark of a message being delivered: one attempt at a time per message, and no
+/// `queue delete` meanwhile. Dropping it clears the mark, even when the delivery
+/// panicked, so the message is never stuck (not retried, not deletable) until the next
+/// restart.
+struct InFlight(Arc<State>, QueueId);
+
+impl InFlight {
+    /// Marks `id`, unless an attempt for it is in progress already.
+    fn claim(state: &Arc<State>, id: &QueueId) -> Option<InFlight> {
+        lock(&state.in_flight)
+            .insert(id.clone())
+            .then(|| InFlight(Arc::clone(state), id.clone()))
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
         lock(&self.0.in_flight).remove(&self.1);
     }
@@ -346,7 +398,7 @@ async fn deliver_message(
     accepted: Option<Box<Accepted>>,
 ) -> Result<Option<i64>, SpoolError> {
     let d = &state.d;
-    let (mut envelope, in_memory) = match accepted {
+    let (envelope, in_memory) = match accepted {
         Some(accepted) => (accepted.envelope, Some(accepted.message)),
         None => (d.spool.load(id)?, None),
     };
@@ -365,6 +417,22 @@ async fn deliver_message(
         None => Arc::new(d.spool.read_message(id)?),
     };
     let (outcomes, removed) = deliver_due(state, &envelope, &due, &message).await;
+    conclude(state, envelope, &message, outcomes, removed, now).await
+}
+
+/// Records the outcomes of an attempt made at `now` (`removed`: the message has left the
+/// queue already), notifies the sender of bounces and delays, and saves the envelope or
+/// removes the finished message. Returns when to look at it again, if ever.
+async fn conclude(
+    state: &State,
+    mut envelope: Envelope,
+    message: &[u8],
+    outcomes: Vec<(usize, Outcome)>,
+    removed: bool,
+    now: i64,
+) -> Result<Option<i64>, SpoolError> {
+    let d = &state.d;
+    let id = &envelope.queue_id.clone();
     let mut bounces = Vec::new();
     for (i, outcome) in outcomes {
         if let Some(report) = record(&d.config(), &mut envelope, i, outcome, now) {
@@ -372,7 +440,7 @@ async fn deliver_message(
         }
     }
     if !bounces.is_empty()
-        && let Err(e) = notify_sender(state, &envelope, &message, &bounces).await
+        && let Err(e) = notify_sender(state, &envelope, message, &bounces).await
     {
         // No notification, so no bounce yet: those recipients wait and fail again at
         // the next attempt. The delivered ones are saved as delivered all the same, so
@@ -390,7 +458,7 @@ async fn deliver_message(
         }
     }
     if let Some(delayed) = delay_warning_due(&d.config(), &envelope, now) {
-        match notify_sender(state, &envelope, &message, &delayed).await {
+        match notify_sender(state, &envelope, message, &delayed).await {
             Ok(()) => envelope.delay_warned = true,
             Err(e) => tracing::error!(event = "notification_failed", queue_id = %id, error = %e),
         }
@@ -464,20 +532,7 @@ async fn deliver_locally(
     let (d, envelope, message) = (Arc::clone(&state.d), envelope.clone(), Arc::clone(message));
     let attempted = indexes.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let outcomes: Vec<(usize, Outcome)> = indexes
-            .into_iter()
-            .map(|i| {
-                let address = &envelope.recipients[i].address;
-                (i, deliver_local(&d, &envelope, address, &message))
-            })
-            .collect();
-        let all_delivered = outcomes
-            .iter()
-            .all(|(_, outcome)| matches!(outcome, Outcome::Delivered { .. }));
-        // If the removal fails here, the caller tries again (and reports the error).
-        let removed =
-            finishes && all_delivered && d.spool.remove_blocking(&envelope.queue_id).is_ok();
-        (outcomes, removed)
+        deliver_to_mailboxes(&d, &envelope, indexes, &message, finishes)
     });
     match task.await {
         Ok(done) => done,
@@ -494,6 +549,77 @@ async fn deliver_locally(
             )
         }
     }
+}
+
+/// The body of [`deliver_locally`], on a blocking thread: delivers to the local recipients
+/// `indexes`, and when `finishes` and all were delivered, removes the message from the
+/// queue. Returns the outcomes and whether the message was removed.
+fn deliver_to_mailboxes(
+    d: &Deliverer,
+    envelope: &Envelope,
+    indexes: Vec<usize>,
+    message: &[u8],
+    finishes: bool,
+) -> (Vec<(usize, Outcome)>, bool) {
+    let outcomes: Vec<(usize, Outcome)> = indexes
+        .into_iter()
+        .map(|i| {
+            let address = &envelope.recipients[i].address;
+            (i, deliver_local(d, envelope, address, message))
+        })
+        .collect();
+    let all_delivered = outcomes
+        .iter()
+        .all(|(_, outcome)| matches!(outcome, Outcome::Delivered { .. }));
+    // If the removal fails here, the caller tries again (and reports the error).
+    let removed = finishes && all_delivered && d.spool.remove_blocking(&envelope.queue_id).is_ok();
+    (outcomes, removed)
+}
+
+/// [`Dispatcher::first_attempt`] on the committing (blocking) thread, for a message whose
+/// recipients are all local. Gives the message back untouched when it is not all local
+/// or when every delivery slot is busy; the dispatcher task takes it then.
+fn deliver_locally_now(state: &Arc<State>, accepted: Accepted) -> Option<Accepted> {
+    let config = state.d.config();
+    let all_local = accepted
+        .envelope
+        .recipients
+        .iter()
+        .all(|r| config.is_local_domain(&domain_of(&r.address).to_lowercase()));
+    if !all_local {
+        return Some(accepted);
+    }
+    let Ok(slot) = state.slots.try_acquire() else {
+        return Some(accepted);
+    };
+    // A new queue ID cannot be in flight; if it somehow is, that attempt has it.
+    let in_flight = InFlight::claim(state, &accepted.envelope.queue_id)?;
+    let now = now();
+    let everyone = (0..accepted.envelope.recipients.len()).collect();
+    let (outcomes, removed) = deliver_to_mailboxes(
+        &state.d,
+        &accepted.envelope,
+        everyone,
+        &accepted.message,
+        true,
+    );
+    drop(slot);
+    if removed {
+        let mut envelope = accepted.envelope;
+        for (i, outcome) in outcomes {
+            record(&config, &mut envelope, i, outcome, now);
+        }
+        return None;
+    }
+    // Someone was not delivered (or the removal failed): the dispatcher task records it,
+    // bounces or schedules the retry, as after any attempt.
+    let _ = state.jobs.send(Job::Conclude {
+        accepted: Box::new(accepted),
+        outcomes,
+        attempted_at: now,
+        in_flight,
+    });
+    None
 }
 
 /// Recipients still waiting for delivery.

@@ -147,18 +147,25 @@ async fn queue_message(
         size,
         chrono::Utc::now().timestamp(),
     );
-    if let Err(e) = ctx.spool.commit(&envelope, Arc::clone(&stored)).await {
+    let first_attempt = ctx
+        .delivery
+        .first_attempt(envelope.clone(), Arc::clone(&stored));
+    let log_accepted = accepted_line(client, &envelope, script);
+    // Logged where the delivery starts, so that it comes before the delivery's lines.
+    let then = move || {
+        log_accepted();
+        first_attempt();
+    };
+    if let Err(e) = ctx.spool.commit_then(&envelope, stored, then).await {
         tracing::error!(event = "spool_failed", queue_id = %queue_id, uid = client.user.uid, error = %e);
         return Err(Response::new(
             exit::TEMPORARY,
             "the message could not be stored (the server's disk or queue has a problem); try again later",
         ));
     }
-    log_accepted(client, &envelope, script.as_deref());
     crate::metrics::message_accepted("local");
     ctx.rates
         .record_message(&budgets, envelope.recipients.len() as u32, Instant::now());
-    ctx.delivery.accepted(envelope, stored);
     Ok(queue_id)
 }
 
@@ -277,23 +284,36 @@ fn originating_script(value: &str) -> String {
         .to_string()
 }
 
-fn log_accepted(client: &LocalClient, envelope: &Envelope, script: Option<&str>) {
-    tracing::info!(
-        event = "accepted",
-        queue_id = %envelope.queue_id,
-        from = %envelope.from,
-        nrcpt = envelope.recipients.len(),
-        size = envelope.size,
-        origin = "local",
-        uid = client.user.uid,
-        user = %client.user.name,
-        pid = client.process.as_ref().map(|p| p.pid),
-        cmd = client.process.as_ref().map(|p| p.cmd.as_str()),
-        script = script,
-        parent_pid = client.parent.as_ref().map(|p| p.pid),
-        parent_cmd = client.parent.as_ref().map(|p| p.cmd.as_str()),
-        cwd = client.parent.as_ref().and_then(|p| p.cwd.as_deref()),
+/// The `accepted` log line of a message, to write once it is committed.
+fn accepted_line(
+    client: &LocalClient,
+    envelope: &Envelope,
+    script: Option<String>,
+) -> impl FnOnce() + Send + 'static {
+    let (client, queue_id, from) = (
+        client.clone(),
+        envelope.queue_id.clone(),
+        envelope.from.clone(),
     );
+    let (nrcpt, size) = (envelope.recipients.len(), envelope.size);
+    move || {
+        tracing::info!(
+            event = "accepted",
+            queue_id = %queue_id,
+            from = %from,
+            nrcpt,
+            size,
+            origin = "local",
+            uid = client.user.uid,
+            user = %client.user.name,
+            pid = client.process.as_ref().map(|p| p.pid),
+            cmd = client.process.as_ref().map(|p| p.cmd.as_str()),
+            script = script.as_deref(),
+            parent_pid = client.parent.as_ref().map(|p| p.pid),
+            parent_cmd = client.parent.as_ref().map(|p| p.cmd.as_str()),
+            cwd = client.parent.as_ref().and_then(|p| p.cwd.as_deref()),
+        );
+    }
 }
 
 fn log_refusal(

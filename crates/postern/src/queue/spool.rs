@@ -177,6 +177,20 @@ impl Spool {
         envelope: &Envelope,
         message: Arc<Vec<u8>>,
     ) -> Result<(), SpoolError> {
+        self.commit_then(envelope, message, || {}).await
+    }
+
+    /// [`commit`](Spool::commit), then, if the commit succeeded, runs `then` on the same
+    /// blocking thread once the caller has been told: the first delivery attempt
+    /// ([`Dispatcher::first_attempt`](crate::delivery::dispatcher::Dispatcher::first_attempt))
+    /// starts there without a hand-over to another thread. The caller's future resolves
+    /// before `then` runs, and `then` runs even if that future was dropped.
+    pub async fn commit_then(
+        &self,
+        envelope: &Envelope,
+        message: Arc<Vec<u8>>,
+        then: impl FnOnce() + Send + 'static,
+    ) -> Result<(), SpoolError> {
         debug_assert_eq!(
             envelope.size,
             message.len() as u64,
@@ -186,11 +200,20 @@ impl Spool {
         let id = envelope.queue_id.clone();
         let inner = Arc::clone(&self.inner);
         let publisher = Arc::clone(&self.publisher);
+        let (tell, told) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let change = inner.stage_commit(id, &json, &message)?;
-            publisher.submit_blocking(change)?
-        })
-        .await?
+            let committed = inner
+                .stage_commit(id, &json, &message)
+                .and_then(|change| publisher.submit_blocking(change)?);
+            let succeeded = committed.is_ok();
+            // The caller may have gone; the message is committed all the same.
+            let _ = tell.send(committed);
+            if succeeded {
+                then();
+            }
+        });
+        // No answer: the blocking task panicked.
+        told.await.map_err(|_| NoResult)?
     }
 
     /// Rewrites a committed envelope atomically and durably (temporary file, fsync,

@@ -547,29 +547,55 @@ impl Connection {
             size,
             chrono::Utc::now().timestamp(),
         );
-        if let Err(e) = self.ctx.spool.commit(&envelope, Arc::clone(&message)).await {
+        let first_attempt = self
+            .ctx
+            .delivery
+            .first_attempt(envelope.clone(), Arc::clone(&message));
+        let log_accepted = self.accepted_line(&envelope);
+        // Logged where the delivery starts, so that it comes before the delivery's lines.
+        let then = move || {
+            log_accepted();
+            first_attempt();
+        };
+        if let Err(e) = self.ctx.spool.commit_then(&envelope, message, then).await {
             tracing::error!(event = "spool_failed", queue_id = %queue_id, client = %self.client, error = %e);
             return Err(Reply::spool_failed());
         }
-        tracing::info!(
-            event = "accepted",
-            queue_id = %queue_id,
-            from = %from,
-            nrcpt = envelope.recipients.len(),
-            size,
-            listener = %self.listener.name,
-            client = %self.client,
-            auth = self.session.login().unwrap_or("-"),
-            uid = self.owner.as_ref().map(|o| o.uid),
-            user = self.owner.as_ref().map(|o| o.name.as_str()),
-        );
         metrics::message_accepted("smtp");
         let count = envelope.recipients.len() as u32;
         self.ctx
             .rates
             .record_message(&self.budgets(), count, Instant::now());
-        self.ctx.delivery.accepted(envelope, message);
         Ok(queue_id.to_string())
+    }
+
+    /// The `accepted` log line of a message, to write once it is committed.
+    fn accepted_line(&self, envelope: &Envelope) -> impl FnOnce() + Send + 'static {
+        let queue_id = envelope.queue_id.clone();
+        let (from, nrcpt, size) = (
+            envelope.from.clone(),
+            envelope.recipients.len(),
+            envelope.size,
+        );
+        let listener = self.listener.name.clone();
+        let client = self.client;
+        let auth = self.session.login().unwrap_or("-").to_string();
+        let uid = self.owner.as_ref().map(|o| o.uid);
+        let user = self.owner.as_ref().map(|o| o.name.clone());
+        move || {
+            tracing::info!(
+                event = "accepted",
+                queue_id = %queue_id,
+                from = %from,
+                nrcpt,
+                size,
+                listener = %listener,
+                client = %client,
+                auth = %auth,
+                uid,
+                user = user.as_deref(),
+            );
+        }
     }
 
     /// SPF, DKIM and DMARC on mail from outside (mx, not logged in): forged
