@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod facts;
 pub mod group_commit;
 pub mod headers;
+pub mod intake;
 pub mod local;
 pub mod logfmt;
 pub mod mailauth;

@@ -100,3 +100,74 @@ fn sigterm_exits_zero() {
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+/// The names in the queue directory (committed items, free files, anything).
+fn queue_entries(server: &Server) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(server.data_dir().join("queue")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn mail_for_local_mailboxes_is_delivered_before_the_250_and_never_queued() {
+    let server = Server::start();
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    c.cmd("RCPT TO:<alice@example.com>", "250");
+    c.cmd("RCPT TO:<bob@example.com>", "250");
+    c.cmd("DATA", "354");
+    let reply = c.cmd("Subject: at once\r\n\r\nx\r\n.", "250 2.0.0 Ok: queued as ");
+    let queue_id = reply.trim_end().rsplit(' ').next().unwrap().to_string();
+    // Already there when the 250 arrives: no waiting.
+    for rcpt in ["alice@example.com", "bob@example.com"] {
+        let mails = server.delivered(rcpt);
+        assert_eq!(mails.len(), 1, "{rcpt}; log:\n{}", server.log_text());
+        assert!(mails[0].contains(&format!("id {queue_id}")));
+    }
+    // Not even a recycled queue file: the queue was never written.
+    assert_eq!(queue_entries(&server), Vec::<String>::new());
+    // Logged as usual, accepted first.
+    let delivered = server.wait_for_log("event=delivered").unwrap();
+    assert_eq!(field(&delivered, "relay").as_deref(), Some("maildir"));
+    let lines = server.log_lines();
+    let position = |event: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(event) && l.contains(&queue_id))
+    };
+    assert!(position("event=accepted") < position("event=delivered"));
+}
+
+#[test]
+fn a_mailbox_that_fails_leaves_the_message_queued_for_it_alone() {
+    let server = Server::start();
+    // bob's Maildir cannot be made (a file is in the way); alice's can.
+    let bob = server.maildir("bob@example.com");
+    std::fs::create_dir_all(bob.parent().unwrap()).unwrap();
+    std::fs::write(&bob, b"not a directory").unwrap();
+
+    let mut c = PlainClient::connect(server.addr("mx"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    c.cmd("RCPT TO:<alice@example.com>", "250");
+    c.cmd("RCPT TO:<bob@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.cmd("Subject: half\r\n\r\nx\r\n.", "250");
+    assert_eq!(server.delivered("alice@example.com").len(), 1);
+    let deferred = server.wait_for_log("event=deferred").unwrap();
+    assert_eq!(field(&deferred, "rcpt").as_deref(), Some("bob@example.com"));
+    assert_eq!(server.queued().len(), 1, "kept for bob");
+
+    // Once bob's Maildir can be made, he gets it, and alice gets no second copy.
+    std::fs::remove_file(&bob).unwrap();
+    let flushed = server.cli(&["queue", "flush"], None);
+    assert!(flushed.status.success(), "{flushed:?}");
+    assert_eq!(server.wait_for_delivery("bob@example.com", 1).len(), 1);
+    assert!(common::wait_until(|| server.queued().is_empty()));
+    assert_eq!(server.delivered("alice@example.com").len(), 1);
+}

@@ -139,6 +139,33 @@ enum Job {
     },
 }
 
+/// The outcomes of [`Dispatcher::deliver_at_once`].
+pub struct AtOnce {
+    config: Arc<Config>,
+    outcomes: Vec<(usize, Outcome)>,
+    attempted_at: i64,
+}
+
+impl AtOnce {
+    /// Whether every recipient got the message: then it needs no queueing.
+    pub fn all_delivered(&self) -> bool {
+        self.outcomes
+            .iter()
+            .all(|(_, outcome)| matches!(outcome, Outcome::Delivered { .. }))
+    }
+
+    /// Logs the deliveries and marks those recipients delivered in `envelope`. The
+    /// others stay pending, as if never tried: if the message is queued, its first
+    /// attempt tries them again, and defers or bounces them with the usual notices.
+    pub fn record(self, envelope: &mut Envelope) {
+        for (i, outcome) in self.outcomes {
+            if matches!(outcome, Outcome::Delivered { .. }) {
+                record(&self.config, envelope, i, outcome, self.attempted_at);
+            }
+        }
+    }
+}
+
 /// A message just committed to the queue, handed over in memory so that its first
 /// delivery attempt does not read back what was just written.
 struct Accepted {
@@ -180,6 +207,30 @@ impl Dispatcher {
                 });
             }
         }
+    }
+
+    /// Delivers a message whose recipients are all local straight into their Maildirs,
+    /// before it is acknowledged and without queueing it, as an LMTP server does: the
+    /// Maildir file, fsynced and linked into `new/` with `new/` fsynced, is as durable as
+    /// a queue file, and the queue file's writes, fsyncs and removal are saved. Blocking.
+    ///
+    /// `None` when this does not apply (a remote recipient, or every delivery slot
+    /// busy): queue the message. Otherwise the outcomes, unrecorded: see
+    /// [`AtOnce::record`].
+    pub fn deliver_at_once(&self, envelope: &Envelope, message: &[u8]) -> Option<AtOnce> {
+        let config = self.state.d.config();
+        if !all_local(&config, envelope) {
+            return None;
+        }
+        let _slot = self.state.slots.try_acquire().ok()?;
+        let attempted_at = now();
+        let everyone = (0..envelope.recipients.len()).collect();
+        let (outcomes, _) = deliver_to_mailboxes(&self.state.d, envelope, everyone, message, false);
+        Some(AtOnce {
+            config,
+            outcomes,
+            attempted_at,
+        })
     }
 
     /// Retry now, ignoring the retry schedule: one message, or all.
@@ -581,12 +632,7 @@ fn deliver_to_mailboxes(
 /// or when every delivery slot is busy; the dispatcher task takes it then.
 fn deliver_locally_now(state: &Arc<State>, accepted: Accepted) -> Option<Accepted> {
     let config = state.d.config();
-    let all_local = accepted
-        .envelope
-        .recipients
-        .iter()
-        .all(|r| config.is_local_domain(&domain_of(&r.address).to_lowercase()));
-    if !all_local {
+    if !all_local(&config, &accepted.envelope) {
         return Some(accepted);
     }
     let Ok(slot) = state.slots.try_acquire() else {
@@ -595,11 +641,14 @@ fn deliver_locally_now(state: &Arc<State>, accepted: Accepted) -> Option<Accepte
     // A new queue ID cannot be in flight; if it somehow is, that attempt has it.
     let in_flight = InFlight::claim(state, &accepted.envelope.queue_id)?;
     let now = now();
-    let everyone = (0..accepted.envelope.recipients.len()).collect();
+    // Recipients delivered before the message was queued are marked so already.
+    let pending = (0..accepted.envelope.recipients.len())
+        .filter(|&i| accepted.envelope.recipients[i].status == RecipientStatus::Pending)
+        .collect();
     let (outcomes, removed) = deliver_to_mailboxes(
         &state.d,
         &accepted.envelope,
-        everyone,
+        pending,
         &accepted.message,
         true,
     );
@@ -620,6 +669,14 @@ fn deliver_locally_now(state: &Arc<State>, accepted: Accepted) -> Option<Accepte
         in_flight,
     });
     None
+}
+
+/// Whether every recipient of `envelope` is at a local domain.
+fn all_local(config: &Config, envelope: &Envelope) -> bool {
+    envelope
+        .recipients
+        .iter()
+        .all(|r| config.is_local_domain(&domain_of(&r.address).to_lowercase()))
 }
 
 /// Recipients still waiting for delivery.

@@ -147,16 +147,10 @@ async fn queue_message(
         size,
         chrono::Utc::now().timestamp(),
     );
-    let first_attempt = ctx
-        .delivery
-        .first_attempt(envelope.clone(), Arc::clone(&stored));
+    let count = envelope.recipients.len() as u32;
     let log_accepted = accepted_line(client, &envelope, script);
-    // Logged where the delivery starts, so that it comes before the delivery's lines.
-    let then = move || {
-        log_accepted();
-        first_attempt();
-    };
-    if let Err(e) = ctx.spool.commit_then(&envelope, stored, then).await {
+    let accepted = crate::intake::accept(&ctx.spool, &ctx.delivery, envelope, stored, log_accepted);
+    if let Err(e) = accepted.await {
         tracing::error!(event = "spool_failed", queue_id = %queue_id, uid = client.user.uid, error = %e);
         return Err(Response::new(
             exit::TEMPORARY,
@@ -164,8 +158,7 @@ async fn queue_message(
         ));
     }
     crate::metrics::message_accepted("local");
-    ctx.rates
-        .record_message(&budgets, envelope.recipients.len() as u32, Instant::now());
+    ctx.rates.record_message(&budgets, count, Instant::now());
     Ok(queue_id)
 }
 

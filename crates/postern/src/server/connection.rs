@@ -25,6 +25,7 @@ use crate::auth::{AccountLimits, Verification};
 use crate::config::{Listener, Role};
 use crate::facts;
 use crate::headers;
+use crate::intake;
 use crate::local::attribution::{UnixUser, loopback_owner};
 use crate::mailauth::verify::strip_forged_results;
 use crate::metrics;
@@ -547,22 +548,14 @@ impl Connection {
             size,
             chrono::Utc::now().timestamp(),
         );
-        let first_attempt = self
-            .ctx
-            .delivery
-            .first_attempt(envelope.clone(), Arc::clone(&message));
+        let count = envelope.recipients.len() as u32;
         let log_accepted = self.accepted_line(&envelope);
-        // Logged where the delivery starts, so that it comes before the delivery's lines.
-        let then = move || {
-            log_accepted();
-            first_attempt();
-        };
-        if let Err(e) = self.ctx.spool.commit_then(&envelope, message, then).await {
+        let (spool, delivery) = (&self.ctx.spool, &self.ctx.delivery);
+        if let Err(e) = intake::accept(spool, delivery, envelope, message, log_accepted).await {
             tracing::error!(event = "spool_failed", queue_id = %queue_id, client = %self.client, error = %e);
             return Err(Reply::spool_failed());
         }
         metrics::message_accepted("smtp");
-        let count = envelope.recipients.len() as u32;
         self.ctx
             .rates
             .record_message(&self.budgets(), count, Instant::now());
