@@ -214,15 +214,17 @@ impl Dispatcher {
     /// Maildir file, fsynced and linked into `new/` with `new/` fsynced, is as durable as
     /// a queue file, and the queue file's writes, fsyncs and removal are saved. Blocking.
     ///
-    /// `None` when this does not apply (a remote recipient, or every delivery slot
-    /// busy): queue the message. Otherwise the outcomes, unrecorded: see
-    /// [`AtOnce::record`].
+    /// `None` when this does not apply (a remote recipient): queue the message.
+    /// Otherwise the outcomes, unrecorded: see [`AtOnce::record`].
+    ///
+    /// Takes no delivery slot (`delivery.max_connections` bounds the queue's deliveries):
+    /// like the queue commit it replaces, it is part of a session, which the connection
+    /// limits bound already.
     pub fn deliver_at_once(&self, envelope: &Envelope, message: &[u8]) -> Option<AtOnce> {
         let config = self.state.d.config();
         if !all_local(&config, envelope) {
             return None;
         }
-        let _slot = self.state.slots.try_acquire().ok()?;
         let attempted_at = now();
         let everyone = (0..envelope.recipients.len()).collect();
         let (outcomes, _) = deliver_to_mailboxes(&self.state.d, envelope, everyone, message, false);
