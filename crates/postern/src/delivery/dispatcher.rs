@@ -209,6 +209,12 @@ impl Dispatcher {
         }
     }
 
+    /// Whether every recipient of `envelope` is local, so that
+    /// [`deliver_at_once`](Dispatcher::deliver_at_once) applies.
+    pub fn is_all_local(&self, envelope: &Envelope) -> bool {
+        all_local(&self.state.d.config(), envelope)
+    }
+
     /// Delivers a message whose recipients are all local straight into their Maildirs,
     /// before it is acknowledged and without queueing it, as an LMTP server does: the
     /// Maildir file, fsynced and linked into `new/` with `new/` fsynced, is as durable as
