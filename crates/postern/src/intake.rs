@@ -28,10 +28,13 @@ pub async fn accept(
     message: Arc<Vec<u8>>,
     log_accepted: impl FnOnce() + Send + 'static,
 ) -> Result<(), SpoolError> {
-    let at_once = {
+    // Checked here first, so that other mail is not handed to a blocking thread twice.
+    let at_once = if delivery.is_all_local(&envelope) {
         let (delivery, envelope, message) =
             (delivery.clone(), envelope.clone(), Arc::clone(&message));
         tokio::task::spawn_blocking(move || delivery.deliver_at_once(&envelope, &message)).await?
+    } else {
+        None
     };
     match at_once {
         Some(at_once) if at_once.all_delivered() => {
