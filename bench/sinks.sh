@@ -38,7 +38,10 @@ measure() {
 
 SMTP_SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 if [[ -x $SMTP_SINK ]]; then
-    measure smtp-sink "$SMTP_SINK" "127.0.0.1:$PORT" 1000
+    # As root it must be told whom to run as.
+    as_user=()
+    [[ $(id -u) == 0 ]] && as_user=(-u nobody)
+    measure smtp-sink "$SMTP_SINK" "${as_user[@]}" "127.0.0.1:$PORT" 1000
 else
     echo "smtp-sink not installed (it comes with postfix): skipped" >&2
 fi

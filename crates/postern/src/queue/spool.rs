@@ -1068,6 +1068,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commit_then_runs_its_continuation_after_a_commit_only() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::open(data.path()).unwrap();
+        let env = commit_one(&spool).await;
+        let message = Arc::new(b"Subject: again\r\n\r\nx\r\n".to_vec());
+        let mut fresh = envelope(&[&message]);
+        // The continuation sees the message committed already.
+        let (ran, seen) = std::sync::mpsc::channel();
+        let probe = spool.clone();
+        let id = fresh.queue_id.clone();
+        spool
+            .commit_then(&fresh, Arc::clone(&message), move || {
+                let _ = ran.send(probe.load(&id).is_ok());
+            })
+            .await
+            .unwrap();
+        let committed = seen.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(committed, Ok(true));
+
+        // A failed commit (this ID is taken) runs nothing.
+        fresh.queue_id = env.queue_id.clone();
+        let (ran, seen) = std::sync::mpsc::channel::<()>();
+        let failed = spool
+            .commit_then(&fresh, message, move || drop(ran.send(())))
+            .await;
+        assert!(
+            matches!(failed, Err(SpoolError::Duplicate { .. })),
+            "{failed:?}"
+        );
+        assert!(
+            seen.recv_timeout(std::time::Duration::from_secs(10))
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
     async fn commit_refuses_to_overwrite_a_queued_message() {
         let data = tempfile::tempdir().unwrap();
         let spool = Spool::open(data.path()).unwrap();
