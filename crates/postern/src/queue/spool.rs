@@ -1091,7 +1091,9 @@ mod tests {
         fresh.queue_id = env.queue_id.clone();
         let (ran, seen) = std::sync::mpsc::channel::<()>();
         let failed = spool
-            .commit_then(&fresh, message, move || drop(ran.send(())))
+            .commit_then(&fresh, message, move || {
+                let _ = ran.send(());
+            })
             .await;
         assert!(
             matches!(failed, Err(SpoolError::Duplicate { .. })),
