@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -275,6 +276,8 @@ struct State {
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
     in_flight: Mutex<HashSet<QueueId>>,
     schedule: Mutex<Schedule>,
+    /// `queue flush` requests so far.
+    flushes: AtomicU64,
 }
 
 /// Starts the dispatcher task and queues `recovered` (messages found at start).
@@ -302,6 +305,7 @@ pub fn start(
         destinations: Mutex::default(),
         in_flight: Mutex::default(),
         schedule: Mutex::default(),
+        flushes: AtomicU64::new(0),
     });
     let task = tokio::spawn(run(Arc::clone(&state), rx, stop));
     (Dispatcher { tx, state }, task)
@@ -323,6 +327,9 @@ async fn run(
                     spawn_delivery(&state, &mut tasks, id, force, accepted);
                 }
                 Some(Job::FlushAll) => {
+                    // First, so that an attempt in progress that is not scheduled yet
+                    // is retried as soon as it ends (see `after_attempt`).
+                    state.flushes.fetch_add(1, Ordering::SeqCst);
                     let all = std::mem::take(&mut *lock(&state.schedule));
                     for id in all.into_values().flatten() {
                         spawn_delivery(&state, &mut tasks, id, true, None);
@@ -335,10 +342,8 @@ async fn run(
                     let state = Arc::clone(&state);
                     tasks.spawn(async move {
                         let Accepted { envelope, message } = *accepted;
-                        let id = envelope.queue_id.clone();
                         let concluded = conclude(&state, envelope, &message, outcomes, false, attempted_at).await;
-                        after_attempt(&state, id, concluded);
-                        drop(in_flight);
+                        after_attempt(&state, in_flight, concluded);
                     });
                 }
                 None => break,
@@ -387,42 +392,63 @@ fn spawn_delivery(
     accepted: Option<Box<Accepted>>,
 ) {
     let Some(in_flight) = InFlight::claim(state, &id) else {
+        if force {
+            // Being delivered right now: retried as soon as that attempt ends.
+            state.flushes.fetch_add(1, Ordering::SeqCst);
+        }
         return;
     };
     let state = state.clone();
     tasks.spawn(async move {
         let attempt = deliver_message(&state, &id, force, accepted).await;
-        after_attempt(&state, id, attempt);
-        drop(in_flight);
+        after_attempt(&state, in_flight, attempt);
     });
 }
 
-/// Schedules what an attempt left to do, or its retry after a queue error.
-fn after_attempt(state: &State, id: QueueId, attempt: Result<Option<i64>, SpoolError>) {
-    match attempt {
-        Ok(Some(next)) => reschedule(state, next, id),
-        Ok(None) => {}
-        Err(SpoolError::NotFound { .. }) => {}
+/// Schedules what an attempt left to do, or its retry after a queue error, and ends the
+/// attempt. If the queue was flushed while the attempt ran (the flush could not include
+/// it), a forced attempt follows at once.
+fn after_attempt(state: &State, attempt: InFlight, result: Result<Option<i64>, SpoolError>) {
+    let id = attempt.1.clone();
+    let again = match result {
+        Ok(Some(next)) => {
+            reschedule(state, next, id.clone());
+            true
+        }
+        Ok(None) | Err(SpoolError::NotFound { .. }) => false,
         Err(e) => {
             tracing::error!(event = "queue_error", queue_id = %id, error = %e);
             let retry = state.d.config().queue.retry_first.as_secs() as i64;
-            reschedule(state, now() + retry.max(1), id);
+            reschedule(state, now() + retry.max(1), id.clone());
+            true
         }
+    };
+    let started_at_flush = attempt.2;
+    drop(attempt);
+    // Looked at only now, after the reschedule: a flush that took the schedule before it
+    // has counted itself already.
+    if again && state.flushes.load(Ordering::SeqCst) != started_at_flush {
+        let _ = state.jobs.send(Job::Deliver {
+            id,
+            force: true,
+            accepted: None,
+        });
     }
 }
 
 /// The mark of a message being delivered: one attempt at a time per message, and no
 /// `queue delete` meanwhile. Dropping it clears the mark, even when the delivery
 /// panicked, so the message is never stuck (not retried, not deletable) until the next
-/// restart.
-struct InFlight(Arc<State>, QueueId);
+/// restart. Also holds the count of flushes when the attempt started.
+struct InFlight(Arc<State>, QueueId, u64);
 
 impl InFlight {
     /// Marks `id`, unless an attempt for it is in progress already.
     fn claim(state: &Arc<State>, id: &QueueId) -> Option<InFlight> {
+        let flushes = state.flushes.load(Ordering::SeqCst);
         lock(&state.in_flight)
             .insert(id.clone())
-            .then(|| InFlight(Arc::clone(state), id.clone()))
+            .then(|| InFlight(Arc::clone(state), id.clone(), flushes))
     }
 }
 
