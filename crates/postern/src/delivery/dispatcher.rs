@@ -339,12 +339,7 @@ async fn run(
                     let _ = done.send(delete(&state, &id).await);
                 }
                 Some(Job::Conclude { accepted, outcomes, attempted_at, in_flight }) => {
-                    let state = Arc::clone(&state);
-                    tasks.spawn(async move {
-                        let Accepted { envelope, message } = *accepted;
-                        let concluded = conclude(&state, envelope, &message, outcomes, false, attempted_at).await;
-                        after_attempt(&state, in_flight, concluded);
-                    });
+                    spawn_conclusion(&state, &mut tasks, *accepted, outcomes, attempted_at, in_flight);
                 }
                 None => break,
             },
@@ -356,8 +351,46 @@ async fn run(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    // Attempts already made must still be recorded, or their deliveries would be made
+    // again at the next start; nothing new is started.
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        if let Job::Conclude {
+            accepted,
+            outcomes,
+            attempted_at,
+            in_flight,
+        } = job
+        {
+            spawn_conclusion(
+                &state,
+                &mut tasks,
+                *accepted,
+                outcomes,
+                attempted_at,
+                in_flight,
+            );
+        }
+    }
     // Let the deliveries in progress finish; the caller bounds the wait.
     while tasks.join_next().await.is_some() {}
+}
+
+/// Records, in a task, the outcomes of an attempt made elsewhere (see `Job::Conclude`).
+fn spawn_conclusion(
+    state: &Arc<State>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    accepted: Accepted,
+    outcomes: Vec<(usize, Outcome)>,
+    attempted_at: i64,
+    in_flight: InFlight,
+) {
+    let state = Arc::clone(state);
+    tasks.spawn(async move {
+        let Accepted { envelope, message } = accepted;
+        let concluded = conclude(&state, envelope, &message, outcomes, false, attempted_at).await;
+        after_attempt(&state, in_flight, concluded);
+    });
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
