@@ -493,6 +493,12 @@ impl<W: Write> LfWriter<W> {
 /// 0700. Each new directory's parent is fsynced, so a mailbox made for a delivery
 /// survives a crash along with the message.
 fn create_dir_durably(dir: &Path, owner: Option<Owner>) -> Result<(), MaildirError> {
+    // Almost always there already. Looking first takes no lock, where a `mkdir` that
+    // fails with EEXIST takes the parent's exclusively: every delivery to one Maildir
+    // would queue on it three times.
+    if dir.is_dir() {
+        return Ok(());
+    }
     let io_err = |source| MaildirError::Io {
         path: dir.to_owned(),
         source,
