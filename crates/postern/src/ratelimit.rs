@@ -31,6 +31,16 @@ pub enum Measure {
     Recipients,
 }
 
+impl Measure {
+    /// What is counted, in a reply: "messages" or "recipients".
+    pub fn noun(self) -> &'static str {
+        match self {
+            Measure::Messages => "messages",
+            Measure::Recipients => "recipients",
+        }
+    }
+}
+
 /// One identity and its hourly limits (0 = none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
@@ -111,18 +121,45 @@ impl RateLimiter {
             return Ok(());
         }
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(times) = sent.get_mut(&(key.clone(), measure)) else {
-            return if count <= limit { Ok(()) } else { Err(WINDOW) };
-        };
-        expire(times, now);
-        let used = times.len() as u32;
-        if used.saturating_add(count) <= limit {
-            return Ok(());
+        match sent.get_mut(&(key.clone(), measure)) {
+            Some(times) => fits(times, limit, count, now),
+            None if count <= limit => Ok(()),
+            None => Err(WINDOW),
         }
-        // The send fits once `used + count - limit` of the oldest entries have expired.
-        let must_expire = (used + count - limit) as usize;
-        let freed_at = times.get(must_expire.saturating_sub(1)).copied();
-        Err(freed_at.map_or(WINDOW, |t| (t + WINDOW).saturating_duration_since(now)))
+    }
+
+    /// Counts one message with `recipients` recipients against every budget, but only if
+    /// it fits in all of them; else counts nothing and says which budget refuses, for
+    /// which measure, and how long until it would fit. Checking and counting under one
+    /// lock is what keeps parallel sessions of one sender from all passing the check
+    /// before any of them is counted.
+    pub fn reserve_message(
+        &self,
+        budgets: &[Budget],
+        recipients: u32,
+        now: Instant,
+    ) -> Result<(), (Budget, Measure, Duration)> {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted = |b: &Budget| {
+            [(Measure::Messages, 1), (Measure::Recipients, recipients)]
+                .into_iter()
+                .map(|(measure, count)| (b.limit(measure), measure, count))
+                .filter(|&(limit, _, _)| limit > 0)
+                .collect::<Vec<_>>()
+        };
+        for budget in budgets {
+            for (limit, measure, count) in wanted(budget) {
+                let times = sent.entry((budget.key.clone(), measure)).or_default();
+                fits(times, limit, count, now).map_err(|wait| (budget.clone(), measure, wait))?;
+            }
+        }
+        for budget in budgets {
+            for (limit, measure, count) in wanted(budget) {
+                let times = sent.entry((budget.key.clone(), measure)).or_default();
+                push(times, limit, count, now);
+            }
+        }
+        Ok(())
     }
 
     /// Checks every budget; the first one over its limit decides.
@@ -148,28 +185,37 @@ impl RateLimiter {
             return;
         }
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let times = sent.entry((key, measure)).or_default();
-        expire(times, now);
-        for _ in 0..count.min(limit) {
-            times.push_back(now);
-        }
-        while times.len() > limit as usize {
-            times.pop_front();
-        }
+        push(sent.entry((key, measure)).or_default(), limit, count, now);
     }
+}
 
-    /// Counts one accepted message with `recipients` recipients against every budget.
-    pub fn record_message(&self, budgets: &[Budget], recipients: u32, now: Instant) {
-        for b in budgets {
-            self.record(b.key.clone(), Measure::Messages, b.messages, 1, now);
-            self.record(
-                b.key.clone(),
-                Measure::Recipients,
-                b.recipients,
-                recipients,
-                now,
-            );
-        }
+/// Whether `count` more sends fit in `limit` with the sends `times` of the last hour;
+/// else how long until they would.
+fn fits(
+    times: &mut VecDeque<Instant>,
+    limit: u32,
+    count: u32,
+    now: Instant,
+) -> Result<(), Duration> {
+    expire(times, now);
+    let used = times.len() as u32;
+    if used.saturating_add(count) <= limit {
+        return Ok(());
+    }
+    // The send fits once `used + count - limit` of the oldest entries have expired.
+    let must_expire = (used + count - limit) as usize;
+    let freed_at = times.get(must_expire.saturating_sub(1)).copied();
+    Err(freed_at.map_or(WINDOW, |t| (t + WINDOW).saturating_duration_since(now)))
+}
+
+/// Counts `count` sends at `now`, keeping at most `limit` times.
+fn push(times: &mut VecDeque<Instant>, limit: u32, count: u32, now: Instant) {
+    expire(times, now);
+    for _ in 0..count.min(limit) {
+        times.push_back(now);
+    }
+    while times.len() > limit as usize {
+        times.pop_front();
     }
 }
 
@@ -255,6 +301,36 @@ mod tests {
                 .check(&key, Measure::Recipients, 10, 3, now)
                 .is_err()
         );
+    }
+
+    fn budget(key: RateKey, messages: u32, recipients: u32) -> Budget {
+        Budget {
+            who: format!("{key:?}"),
+            key,
+            messages,
+            recipients,
+        }
+    }
+
+    #[test]
+    fn a_reservation_counts_everywhere_or_nowhere() {
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        let login = budget(RateKey::Login("a@example.com".into()), 2, 0);
+        let uid = budget(RateKey::Uid(1001), 0, 3);
+        let both = [login.clone(), uid.clone()];
+        assert!(limiter.reserve_message(&both, 2, now).is_ok());
+        // The uid's recipients would overflow: refused, and the login is not charged.
+        let (refusing, measure, _) = limiter.reserve_message(&both, 2, now).unwrap_err();
+        assert_eq!((refusing, measure), (uid, Measure::Recipients));
+        assert!(
+            limiter.check(&login.key, M, 2, 1, now).is_ok(),
+            "charged anyway"
+        );
+        // One more message with one recipient fits both, then the login is full.
+        assert!(limiter.reserve_message(&both, 1, now).is_ok());
+        let (refusing, measure, wait) = limiter.reserve_message(&both, 0, now).unwrap_err();
+        assert_eq!((refusing, measure, wait), (login, M, WINDOW));
     }
 
     #[test]

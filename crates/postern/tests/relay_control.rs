@@ -217,6 +217,29 @@ fn the_login_limit_refuses_mail_with_450() {
 }
 
 #[test]
+fn parallel_sessions_of_one_login_cannot_both_take_its_last_message() {
+    let server = Server::start_with("[limits]\nlogin_messages_per_hour = 1\n");
+    let open = || {
+        let mut c = PlainClient::connect(server.addr("submission")).starttls();
+        c.login("alice@example.com", PASSWORD);
+        c.cmd("MAIL FROM:<alice@example.com>", "250");
+        c.cmd("RCPT TO:<bob@example.com>", "250");
+        c.cmd("DATA", "354");
+        c
+    };
+    // Both are past MAIL and RCPT before either message is stored.
+    let (mut first, mut second) = (open(), open());
+    first.cmd("Subject: one\r\n\r\nx\r\n.", "250");
+    let reply = second.cmd(
+        "Subject: two\r\n\r\nx\r\n.",
+        "450 4.7.1 Sending limit reached",
+    );
+    assert!(reply.contains("try again in"), "{reply}");
+    assert_eq!(server.wait_for_delivery("bob@example.com", 1).len(), 1);
+    assert!(server.wait_for_log("reason=rate_limited").is_some());
+}
+
+#[test]
 fn postmaster_is_accepted_and_goes_to_the_configured_address() {
     let server = Server::start_setup(common::Setup {
         top: "postmaster = \"bob@example.com\"".into(),

@@ -147,7 +147,17 @@ async fn queue_message(
         size,
         chrono::Utc::now().timestamp(),
     );
-    let count = envelope.recipients.len() as u32;
+    // Counted now, under one lock with the check: parallel submissions by one user all
+    // passed the check above, and only one of them may take the last place.
+    let reserved = ctx
+        .rates
+        .reserve_message(&budgets, rcpts.len() as u32, Instant::now());
+    if let Err((budget, measure, wait)) = reserved {
+        let verdict =
+            policy::rate_limited(&budget.who, budget.limit(measure), measure.noun(), wait);
+        log_refusal(client, &verdict, &sender, None);
+        return Err(refusal(&verdict));
+    }
     let log_accepted = accepted_line(client, &envelope, script);
     let accepted = crate::intake::accept(&ctx.spool, &ctx.delivery, envelope, stored, log_accepted);
     if let Err(e) = accepted.await {
@@ -158,7 +168,6 @@ async fn queue_message(
         ));
     }
     crate::metrics::message_accepted("local");
-    ctx.rates.record_message(&budgets, count, Instant::now());
     Ok(queue_id)
 }
 

@@ -405,14 +405,27 @@ impl Connection {
             .rates
             .check_all(&self.budgets(), measure, count, Instant::now())
             .err()?;
-        let what = match measure {
-            Measure::Messages => "messages",
-            Measure::Recipients => "recipients",
-        };
         Some(policy::rate_limited(
             &budget.who,
             budget.limit(measure),
-            what,
+            measure.noun(),
+            wait,
+        ))
+    }
+
+    /// Counts the message against the hourly limits just before it is stored, or refuses
+    /// it if it no longer fits: sessions of the same sender in parallel all passed the
+    /// checks at MAIL and RCPT, and only one of them may take the last place.
+    fn reserve_budget(&self, recipients: u32) -> Option<Verdict> {
+        let (budget, measure, wait) = self
+            .ctx
+            .rates
+            .reserve_message(&self.budgets(), recipients, Instant::now())
+            .err()?;
+        Some(policy::rate_limited(
+            &budget.who,
+            budget.limit(measure),
+            measure.noun(),
             wait,
         ))
     }
@@ -548,7 +561,10 @@ impl Connection {
             size,
             chrono::Utc::now().timestamp(),
         );
-        let count = envelope.recipients.len() as u32;
+        if let Some(limited) = self.reserve_budget(tx.rcpts.len() as u32) {
+            self.log_verdict(&limited, &tx.from, None);
+            return Err(limited.reply);
+        }
         let log_accepted = self.accepted_line(&envelope);
         let (spool, delivery) = (&self.ctx.spool, &self.ctx.delivery);
         if let Err(e) = intake::accept(spool, delivery, envelope, message, log_accepted).await {
@@ -556,9 +572,6 @@ impl Connection {
             return Err(Reply::spool_failed());
         }
         metrics::message_accepted("smtp");
-        self.ctx
-            .rates
-            .record_message(&self.budgets(), count, Instant::now());
         Ok(queue_id.to_string())
     }
 
