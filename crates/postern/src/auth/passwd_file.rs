@@ -196,6 +196,18 @@ impl Credentials for PasswdFile {
         });
         Ok(account)
     }
+
+    fn domains_owned_by(&self, uid: u32) -> Result<Vec<String>, AuthError> {
+        let users = self.users()?;
+        let mut domains: Vec<String> = users
+            .values()
+            .filter(|user| user.owner.is_some_and(|(owner, _)| owner == uid))
+            .filter_map(|user| user.login.rsplit_once('@').map(|(_, d)| d.to_string()))
+            .collect();
+        domains.sort();
+        domains.dedup();
+        Ok(domains)
+    }
 }
 
 /// Adds an account with a new `{SHA512-CRYPT}` hash of `password`, creating the file (mode

@@ -11,8 +11,8 @@ use chrono::{DateTime, Local};
 
 use super::QueueAction;
 use crate::config::Config;
+use crate::control;
 use crate::queue::{Envelope, Origin, QueueId, RecipientStatus, Spool, SpoolError};
-use crate::server::control;
 
 pub fn run(explicit: Option<&Path>, action: QueueAction) -> anyhow::Result<()> {
     let config = Config::load(&Config::locate(explicit))?;
