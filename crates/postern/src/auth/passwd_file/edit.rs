@@ -14,6 +14,8 @@ use super::format::{NumberedEntry, parse, parse_numbered, render, validate_login
 use super::{PasswdError, io_error};
 use crate::auth::{canonical, scheme};
 
+/// Adds an account with a new `{SHA512-CRYPT}` hash of `password`, creating the file (mode
+/// 0600) and its directory if missing. The login is stored in lower case.
 pub fn add_user(path: &Path, login: &str, password: &str) -> Result<(), PasswdError> {
     let login = validate_login(login)?;
     require_password(password)?;

@@ -19,19 +19,12 @@ pub struct Entry {
     pub rest: Vec<String>,
 }
 
-/// Why a passwd-file could not be read or changed. The messages are written for the person
-/// running `postern user` or reading the log.
+/// Parses the text of a passwd-file; `path` is used in error messages only.
 pub fn parse(text: &str, path: &str) -> Result<Vec<Entry>, PasswdError> {
     let lines = parse_numbered(text, path)?;
     Ok(lines.into_iter().map(|line| line.entry).collect())
 }
 
-/// The passwd-file backend.
-///
-/// Reloads the file automatically when it changed since the last load (it stats the file on
-/// each call), so `postern user add` takes effect without a restart. A missing file means "no
-/// users". Any other read or parse error makes lookups and verifications return
-/// [`AuthError::Unavailable`], never "no such user": a broken file gives temporary failures.
 impl fmt::Debug for Entry {
     /// Leaves the hash out: a `{PLAIN}` hash is the password itself.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -43,7 +36,7 @@ impl fmt::Debug for Entry {
     }
 }
 
-/// A SHA-512-crypt hash of a random password nobody knows, checked for unknown logins.
+/// An account line and where it is.
 pub(super) struct NumberedEntry {
     /// The line's index, from 0 (its line number minus one).
     pub(super) index: usize,

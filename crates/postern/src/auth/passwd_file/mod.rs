@@ -39,6 +39,8 @@ pub(super) fn io_error(path: &Path, source: io::Error) -> PasswdError {
     }
 }
 
+/// Why a passwd-file could not be read or changed. The messages are written for the person
+/// running `postern user` or reading the log.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswdError {
     /// Reading or writing a file failed.
@@ -74,7 +76,12 @@ pub enum PasswdError {
     EmptyPassword,
 }
 
-/// Parses the text of a passwd-file; `path` is used in error messages only.
+/// The passwd-file backend.
+///
+/// Reloads the file automatically when it changed since the last load (it stats the file on
+/// each call), so `postern user add` takes effect without a restart. A missing file means "no
+/// users". Any other read or parse error makes lookups and verifications return
+/// [`AuthError::Unavailable`], never "no such user": a broken file gives temporary failures.
 pub struct PasswdFile {
     path: PathBuf,
     cache: RwLock<Cache>,
@@ -198,8 +205,7 @@ impl Credentials for PasswdFile {
     }
 }
 
-/// Adds an account with a new `{SHA512-CRYPT}` hash of `password`, creating the file (mode
-/// 0600) and its directory if missing. The login is stored in lower case.
+/// A SHA-512-crypt hash of a random password nobody knows, checked for unknown logins.
 const UNKNOWN_USER_HASH: &str = "{SHA512-CRYPT}$6$9y90oIN0QA4DHT4e$sNMUC1PqkpBsdJnSvBA4eJ1gOeaoS.RVln/GOOJveEvxHXMPToyCcOBKVtLr7tgTvZGvQ7Ij9BHzIvrQ/G6tx0";
 
 /// A file changed less than this before it was read may change again within the same
@@ -389,7 +395,6 @@ fn index(text: &str, path: &Path) -> Result<Users, PasswdError> {
     Ok(users)
 }
 
-/// An account line and where it is.
 #[cfg(test)]
 mod tests {
     use super::*;
