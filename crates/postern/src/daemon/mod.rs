@@ -6,7 +6,7 @@
 //! Order at start: everything that needs root (binding ports and sockets, reading keys)
 //! happens before privileges are dropped; the listeners are announced (`event=listening`)
 //! only after the signal handlers are installed. Order at stop: no new connections,
-//! open sessions end at their next command (for at most [`SHUTDOWN_GRACE`]), then the
+//! open sessions end at their next command (for at most `SHUTDOWN_GRACE`), then the
 //! dispatcher records the outcomes of attempts already made.
 
 mod reload;

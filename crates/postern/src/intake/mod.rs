@@ -9,9 +9,9 @@
 //! 2. removal of forged `Authentication-Results:` fields that carry our host name;
 //! 3. our trace header (`Received:`), the verdicts, and `Date:`/`Message-ID:` where a
 //!    submission lacks them;
-//! 4. the DKIM decision ([`policy::dkim`]) and the signature;
+//! 4. the DKIM decision ([`crate::policy::dkim`]) and the signature;
 //! 5. the envelope and the rate reservation;
-//! 6. custody: delivered at once or queued ([`custody`]), then the `accepted` line.
+//! 6. custody: delivered at once or queued (`custody`), then the `accepted` line.
 //!
 //! A door turns the result into its own reply (`250`/`4xx`/`5xx`, or a sysexits code).
 //! Intake does not know how a door talks to its client beyond the [`Origin`] facts.
@@ -334,7 +334,7 @@ fn trace_header(
     }
 }
 
-/// The rule of [`policy::dkim`] for this origin and the message's author domain.
+/// The rule of [`crate::policy::dkim`] for this origin and the message's author domain.
 fn signing_decision(settings: &Settings, origin: &Origin, author: Option<&str>) -> Signing {
     let owned;
     let signatory = match origin {

@@ -1,5 +1,5 @@
 //! The passwd-file: the backend that reads it ([`PasswdFile`]); its format and parser
-//! ([`format`]) and the edits `postern user add|passwd|del|list` make ([`edit`]) live
+//! (`format`) and the edits `postern user add|passwd|del|list` make (`edit`) live
 //! beside it.
 //!
 //! One account a line, `user@example.com:{SCHEME}hash[:uid:gid:gecos:home:shell:extra_fields]`,
