@@ -1,5 +1,5 @@
-//! Delivery: takes queued messages to their destination (local Maildir, later remote
-//! SMTP) and reports per-recipient outcomes back to the queue.
+//! Delivery: takes queued messages to their destination (local Maildir, or remote SMTP)
+//! and reports per-recipient outcomes back to the queue.
 //!
 //! It must not accept mail or decide policy: what reaches it was already accepted.
 

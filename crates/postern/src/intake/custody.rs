@@ -4,8 +4,8 @@
 //! Mail whose recipients are all local is delivered into their Maildirs at once, before
 //! the acknowledgement, as an LMTP server does ([`Dispatcher::deliver_at_once`]): it never
 //! enters the queue. That saves the queue file's write, fsync, rename and removal: one of
-//! the two file fsyncs per message, and a third of the MX benchmark's CPU per message
-//! (see `docs/benchmarks.md`). Everything else, and
+//! the two file fsyncs per message, and much of the CPU a message costs (measured in
+//! `docs/benchmarks.md`). Everything else, and
 //! local mail whose delivery did not fully succeed, is committed to the queue
 //! ([`Spool::commit_then`]), and its first delivery attempt starts on the thread that
 //! committed it ([`Dispatcher::first_attempt`]).

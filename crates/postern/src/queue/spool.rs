@@ -25,11 +25,10 @@
 //! A finished message's files are not unlinked but renamed to `free-<random>`, blanked
 //! (overwritten with zeros), and reused for the next message written (up to [`MAX_FREE_FILES`]): the next message is
 //! written into the free file where it is and renamed to its `.msg`. Creating and
-//! deleting inodes per message is what a busy queue spends most of its CPU on: the
-//! profile of the MX benchmark showed 45 % of the server's CPU in ext4's inode allocator
-//! (which, on a file system without a journal, skips every inode freed in the last minutes,
-//! one by one) and another quarter spinning on the directory lock held meanwhile. A rename
-//! allocates nothing. The name says what a file is, so a crash at any point leaves
+//! deleting inodes per message is what a busy queue spends most of its CPU on: ext4's
+//! inode allocator, on a file system without a journal, skips every inode freed in the
+//! last minutes, one by one, while other writers spin on the directory lock it holds
+//! (the profile is in `docs/benchmarks.md`). A rename allocates nothing. The name says what a file is, so a crash at any point leaves
 //! either a queue item, a temporary file (removed by [`Spool::recover`]) or a free file
 //! (taken back into the pool, overwritten when reused).
 
@@ -57,8 +56,8 @@ const BLANK_AT_MOST: u64 = 64 * 1024;
 /// The most blanked files kept for reuse; beyond that, finished files are unlinked. A
 /// burst leaves as many free files as it had messages in the queue at once, and unlinking
 /// the surplus makes the next files created nearby (Maildir files) slower to allocate on
-/// ext4 without a journal: the MX benchmark run after the submission ones lost a third of
-/// its rate at 1,024. At most 4,096 × [`BLANK_AT_MOST`] (256 MiB) of disk stays allocated.
+/// ext4 without a journal (a lower bound measurably slowed the MX benchmark, see
+/// `docs/benchmarks.md`). At most 4,096 × [`BLANK_AT_MOST`] (256 MiB) of disk stays allocated.
 pub const MAX_FREE_FILES: usize = 4096;
 const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
@@ -619,7 +618,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Overwrites a finished file with zeros, keeping its size and its blocks: the next
 /// message written over it needs no block allocation, and an `fdatasync` of the same size
-/// writes no metadata (truncating instead cost a fifth of the MX benchmark's throughput).
+/// writes no metadata (truncating frees blocks that the next message allocates again).
 /// Files above [`BLANK_AT_MOST`] are truncated instead, so that a few large messages do
 /// not keep their disk space. Not fsynced: the zeros reach the disk with the next
 /// writeback, or are replaced by the next message first.
