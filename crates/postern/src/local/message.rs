@@ -3,7 +3,8 @@
 //!
 //! Scripts write bare LF; that is normal here and becomes CRLF. A lone CR inside the
 //! header section is refused: some programs read it as a line break and some do not, so
-//! it could make a header (a `Bcc:`) that only one side sees. Lines end at LF only.
+//! it could make a header (a `Bcc:`) that only one side sees. Lines end at LF only. A
+//! NUL byte anywhere is refused.
 
 use mail_parser::{HeaderName, HeaderValue, MessageParser};
 
@@ -11,8 +12,10 @@ use mail_parser::{HeaderName, HeaderValue, MessageParser};
 pub enum MessageError {
     #[error("the header section contains a bare CR (line {0}); end lines with LF or CRLF")]
     BareCrInHeader(usize),
-    #[error("the header section contains a NUL byte (line {0})")]
-    NulInHeader(usize),
+    #[error(
+        "the message contains a NUL byte (line {0}), which mail cannot carry; encode binary data (base64)"
+    )]
+    Nul(usize),
 }
 
 /// A submitted message split into its header fields and body, CRLF throughout.
@@ -28,6 +31,12 @@ impl Prepared {
     /// Splits and normalises raw input. A first line `From ` (an mbox separator) is
     /// dropped; a line that is not a header ends the header section, as in Postfix.
     pub fn parse(raw: &[u8]) -> Result<Prepared, MessageError> {
+        // NUL is not mail text anywhere (RFC 5322 §2.3): a next hop that drops it could
+        // read `<CRLF><NUL>.<CRLF>` as the end of the data.
+        if let Some(at) = raw.iter().position(|&b| b == 0) {
+            let line = raw[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            return Err(MessageError::Nul(line));
+        }
         let mut lines = split_lines(raw).peekable();
         if lines.peek().is_some_and(|l| l.starts_with(b"From ")) {
             lines.next();
@@ -153,9 +162,6 @@ fn check_header_line(line: &[u8], line_no: usize) -> Result<(), MessageError> {
     if line.contains(&b'\r') {
         return Err(MessageError::BareCrInHeader(line_no));
     }
-    if line.contains(&0) {
-        return Err(MessageError::NulInHeader(line_no));
-    }
     Ok(())
 }
 
@@ -255,6 +261,18 @@ mod tests {
         // "Bcc:" inside a continuation line is part of the Subject, not a field.
         let p = prepared("To: a@example.com\nSubject: hello\n Bcc: evil@remote.test\n\nb\n");
         assert_eq!(p.header_recipients(), ["a@example.com"]);
+    }
+
+    #[test]
+    fn a_nul_byte_anywhere_is_refused_with_its_line() {
+        assert_eq!(
+            Prepared::parse(b"Subject: x\0\n\nbody\n").unwrap_err(),
+            MessageError::Nul(1)
+        );
+        assert_eq!(
+            Prepared::parse(b"Subject: x\n\nfirst\n\0.\nsecond\n").unwrap_err(),
+            MessageError::Nul(4)
+        );
     }
 
     #[test]
