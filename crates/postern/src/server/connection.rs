@@ -24,7 +24,7 @@ use crate::config::{Listener, Role};
 use crate::context::{Context, Counted, Settings};
 use crate::facts;
 use crate::intake;
-use crate::local::attribution::{UnixUser, loopback_owner};
+use crate::local::attribution::{UnixUser, canonical, is_from_this_host, local_owner};
 use crate::metrics;
 use crate::policy::{self, Reason, Verdict};
 use crate::ratelimit::Measure;
@@ -65,6 +65,8 @@ pub async fn serve(
     peer: SocketAddr,
     shutdown: Shutdown,
 ) {
+    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: one client, one name.
+    let peer = canonical(peer);
     let _ = tcp.set_nodelay(true);
     let _counted = Counted::new(ctx.clone(), &listener.name);
     let settings = ctx.settings();
@@ -138,13 +140,14 @@ async fn turn_away(
     .await;
 }
 
-/// Who owns the client socket of a loopback connection, when the kernel says.
+/// Who owns the client socket of a connection made from this host, when the kernel says.
 async fn socket_owner(tcp: &TcpStream, peer: SocketAddr) -> Option<UnixUser> {
-    if !peer.ip().is_loopback() {
+    let local = tcp.local_addr().ok()?;
+    let (peer, local) = (canonical(peer), canonical(local));
+    if !is_from_this_host(peer.ip(), local.ip()) {
         return None;
     }
-    let local = tcp.local_addr().ok()?;
-    tokio::task::spawn_blocking(move || loopback_owner(peer, local).map(UnixUser::lookup))
+    tokio::task::spawn_blocking(move || local_owner(peer, local).map(UnixUser::lookup))
         .await
         .ok()
         .flatten()
