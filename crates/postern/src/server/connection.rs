@@ -393,6 +393,10 @@ impl Connection {
         let mechanism = credentials.mechanism.as_str();
         let login = credentials.login.to_lowercase();
         let key = self.failure_key();
+        // One check at a time per client, its failure delay included: parallel
+        // connections cannot get more checks than the limit, or share one delay.
+        let ctx = Arc::clone(&self.ctx);
+        let _turn = ctx.auth_failures.turn(&key).await;
         if let Some(left) = self.ctx.auth_failures.blocked_for(&key, Instant::now()) {
             let reason = Reason::AuthBlocked.as_str();
             metrics::message_rejected(reason);
