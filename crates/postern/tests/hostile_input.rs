@@ -195,3 +195,25 @@ fn nul_in_the_data_is_refused_on_every_door() {
     assert!(server.delivered("alice@example.com").is_empty());
     assert!(server.delivered("bob@example.com").is_empty());
 }
+
+/// `sendmail -t` with a To: holding literal backslash sequences (a non-interpreting
+/// printf): refused with 65 and a reason, never read as a group that drops the real
+/// recipient and adds another.
+#[test]
+fn sendmail_t_refuses_a_malformed_address_list_instead_of_guessing() {
+    let server = Server::start();
+    let out = server.sendmail(
+        None,
+        &["-t", "-i"],
+        b"To: alice@example.com\\r\\nBcc: bob@example.com\nSubject: x\n\nbody\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("To: field is not a valid address list"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(server.delivered("alice@example.com").is_empty());
+    assert!(server.delivered("bob@example.com").is_empty());
+}

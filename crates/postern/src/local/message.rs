@@ -6,8 +6,6 @@
 //! it could make a header (a `Bcc:`) that only one side sees. Lines end at LF only. A
 //! NUL byte anywhere is refused.
 
-use mail_parser::{HeaderName, HeaderValue, MessageParser};
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
     #[error("the header section contains a bare CR (line {0}); end lines with LF or CRLF")]
@@ -16,6 +14,10 @@ pub enum MessageError {
         "the message contains a NUL byte (line {0}), which mail cannot carry; encode binary data (base64)"
     )]
     Nul(usize),
+    #[error(
+        "the {field}: field is not a valid address list ({reason}); with -t the recipients come from To:, Cc: and Bcc:, so fix the field or name the recipients as arguments"
+    )]
+    BadAddressList { field: String, reason: String },
 }
 
 /// A submitted message split into its header fields and body, CRLF throughout.
@@ -86,21 +88,29 @@ impl Prepared {
             .any(|f| field_name(f).eq_ignore_ascii_case(name.as_bytes()))
     }
 
-    /// The addresses of the To, Cc and Bcc fields, in order (for `sendmail -t`).
-    pub fn header_recipients(&self) -> Vec<String> {
-        let section = self.header_section();
-        let Some(parsed) = MessageParser::default().parse_headers(&section) else {
-            return Vec::new();
-        };
+    /// The addresses of the To, Cc and Bcc fields, in order (for `sendmail -t`). A field
+    /// whose address list is malformed is an error, never a guess (see
+    /// [`address_list`](super::address_list)).
+    pub fn header_recipients(&self) -> Result<Vec<String>, MessageError> {
         let mut out = Vec::new();
-        for name in [HeaderName::To, HeaderName::Cc, HeaderName::Bcc] {
-            for value in parsed.header_values(name) {
-                if let HeaderValue::Address(list) = value {
-                    out.extend(list.iter().filter_map(|a| a.address()).map(str::to_string));
-                }
+        for field in &self.fields {
+            let name = String::from_utf8_lossy(field_name(field)).to_string();
+            if !["To", "Cc", "Bcc"]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&name))
+            {
+                continue;
             }
+            let colon = field.iter().position(|&b| b == b':').unwrap_or(0);
+            let value = String::from_utf8_lossy(&field[colon + 1..]);
+            let addresses =
+                super::address_list::parse(&value).map_err(|e| MessageError::BadAddressList {
+                    field: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            out.extend(addresses);
         }
-        out
+        Ok(out)
     }
 
     /// Drops every Bcc field: the copy that is delivered must not reveal them.
@@ -226,7 +236,7 @@ mod tests {
             "To: =?UTF-8?B?SsO2cmc=?= <jorg@example.com>,\n  b@example.com\nCc: Group: c@example.com, d@example.com;\nBcc: e@example.com\nSubject: x\n\nbody To: nope@example.com\n",
         );
         assert_eq!(
-            p.header_recipients(),
+            p.header_recipients().unwrap(),
             [
                 "jorg@example.com",
                 "b@example.com",
@@ -260,7 +270,18 @@ mod tests {
     fn injected_text_in_a_folded_value_names_no_extra_recipient() {
         // "Bcc:" inside a continuation line is part of the Subject, not a field.
         let p = prepared("To: a@example.com\nSubject: hello\n Bcc: evil@remote.test\n\nb\n");
-        assert_eq!(p.header_recipients(), ["a@example.com"]);
+        assert_eq!(p.header_recipients().unwrap(), ["a@example.com"]);
+    }
+
+    #[test]
+    fn a_malformed_recipient_field_is_an_error_naming_the_field() {
+        // As a non-interpreting printf passes "\r\n": literal backslashes.
+        let p = prepared("To: a@remote.test\\r\\nBcc: b@example.com\nSubject: x\n\nb\n");
+        let err = p.header_recipients().unwrap_err();
+        assert!(
+            matches!(&err, MessageError::BadAddressList { field, .. } if field == "To"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ async fn queue_message(
     };
     let mut wanted = request.recipients.clone();
     if request.extract_recipients {
-        wanted.extend(message.header_recipients());
+        let from_headers = message
+            .header_recipients()
+            .map_err(|e| Response::new(exit::DATA_ERROR, e.to_string()))?;
+        wanted.extend(from_headers);
         message.remove_bcc();
     }
     let rcpts = parse_recipients(&wanted)?;
