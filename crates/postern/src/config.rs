@@ -94,12 +94,30 @@ pub struct Tls {
 #[serde(deny_unknown_fields)]
 struct AuthFile {
     passwd_file: Option<PathBuf>,
+    #[serde(default)]
+    sender_scope: SenderScope,
+}
+
+/// What a login may send as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderScope {
+    /// Its own address only.
+    #[default]
+    Login,
+    /// Any address of its own domain (what hosting panels let a customer's logins do:
+    /// WordPress sends as `wordpress@its-domain`).
+    Domain,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalSubmission {
     pub socket: PathBuf,
+    /// What a Unix user (by name) may send as beyond the mailboxes carrying its uid:
+    /// domains (any address there) and addresses.
+    #[serde(default)]
+    pub senders: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -316,6 +334,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub tls: Option<Tls>,
     pub passwd_file: PathBuf,
+    /// What a login may send as (`[auth] sender_scope`).
+    pub sender_scope: SenderScope,
     pub local_submission: Option<LocalSubmission>,
     pub maildir: String,
     /// The Unix user owning Maildir files when the passwd-file line gives no uid/gid.
@@ -335,6 +355,15 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/postern";
 pub const DEV_DATA_DIR: &str = "./postern-data";
 
 impl Config {
+    /// `[local_submission.senders]` for a Unix user: the domains and addresses it may
+    /// send as beyond its own mailboxes.
+    pub fn local_sender_grants(&self, user: &str) -> &[String] {
+        self.local_submission
+            .as_ref()
+            .and_then(|l| l.senders.get(user))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// Finds the configuration: `explicit`, then `$POSTERN_CONFIG`, then
     /// `./postern.toml`, then `/etc/postern/postern.toml`, else the built-in defaults.
     pub fn locate(explicit: Option<&Path>) -> Source {
@@ -417,6 +446,7 @@ impl Config {
                 .auth
                 .passwd_file
                 .unwrap_or_else(|| PathBuf::from("/etc/postern/passwd")),
+            sender_scope: file.auth.sender_scope,
             local_submission: file.local_submission,
             maildir: file
                 .delivery
@@ -457,8 +487,10 @@ impl Config {
             ],
             tls: None,
             passwd_file: data_dir.join("passwd"),
+            sender_scope: SenderScope::default(),
             local_submission: Some(LocalSubmission {
                 socket: data_dir.join("submit.sock"),
+                senders: BTreeMap::new(),
             }),
             maildir: format!("{}/mail/%d/%n/Maildir", data_dir.display()),
             maildir_owner: None,

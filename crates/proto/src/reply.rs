@@ -416,7 +416,17 @@ impl Reply {
             553,
             Enhanced(5, 7, 1),
             format!(
-                "Sender address <{address}> is not owned by login {login}; use your own address in MAIL FROM"
+                "Sender address <{address}> is not owned by login {login}; use your own address in MAIL FROM (or ask the administrator for [auth] sender_scope = \"domain\", which lets a login send as any address of its domain)"
+            ),
+        )
+    }
+
+    pub fn author_not_owned(address: &str, login: &str) -> Reply {
+        Reply::new(
+            550,
+            Enhanced(5, 7, 1),
+            format!(
+                "Message refused: the From: header address <{address}> is not owned by login {login}; put your own address in From: (or ask the administrator for [auth] sender_scope = \"domain\")"
             ),
         )
     }

@@ -96,7 +96,7 @@ pub fn explain(
         return Ok((out, false));
     }
     if let Some(role) = role {
-        let verdict = policy::check_sender(role, q.auth, &from);
+        let verdict = policy::check_sender(role, q.auth, config.sender_scope, &from);
         step(&mut out, &format!("MAIL FROM:<{from}>"), &verdict);
         if !verdict.is_accepted() {
             conclude(&mut out, &verdict);

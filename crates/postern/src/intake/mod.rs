@@ -228,6 +228,7 @@ pub async fn accept(
         origin.log_rejected(verdict.reason, &from, None);
         verdict
     };
+    check_author(config, &origin, &message).map_err(refuse)?;
     let verdicts = inbound_verdicts(settings, &origin, &from, &message)
         .await
         .map_err(refuse)?;
@@ -270,6 +271,30 @@ pub async fn accept(
     }
     metrics::message_accepted(origin.metric_label());
     Ok(queue_id)
+}
+
+/// On the submission listeners, the `From:` of a logged-in client's message must be the
+/// login's, as its envelope sender is: else any customer could put a bank's address
+/// where the recipient reads it, with our server's name in the trace.
+fn check_author(config: &Config, origin: &Origin, message: &[u8]) -> Result<(), Verdict> {
+    let Origin::Smtp(SmtpClient {
+        login: Some(login),
+        role,
+        ..
+    }) = origin
+    else {
+        return Ok(());
+    };
+    if !role.requires_auth() {
+        return Ok(());
+    }
+    let authors = headers::author_addresses(message);
+    let verdict = policy::check_author(login, config.sender_scope, &authors);
+    if verdict.is_accepted() {
+        Ok(())
+    } else {
+        Err(verdict)
+    }
 }
 
 /// SPF, DKIM and DMARC on mail from outside: our `Authentication-Results:` header, or a
@@ -336,7 +361,7 @@ fn trace_header(
 
 /// The rule of [`crate::policy::dkim`] for this origin and the message's author domain.
 fn signing_decision(settings: &Settings, origin: &Origin, author: Option<&str>) -> Signing {
-    let owned;
+    let mut owned;
     let signatory = match origin {
         Origin::Smtp(SmtpClient {
             login: Some(login), ..
@@ -352,6 +377,15 @@ fn signing_decision(settings: &Settings, origin: &Origin, author: Option<&str>) 
                     Vec::new()
                 }
             };
+            // Domains granted in [local_submission.senders] are signed for; a granted
+            // address alone does not give its whole domain a signature.
+            let granted = settings.config.local_sender_grants(&l.client.user.name);
+            owned.extend(
+                granted
+                    .iter()
+                    .filter(|g| !g.contains('@') || g.starts_with('@'))
+                    .map(|g| g.trim_start_matches('@').to_ascii_lowercase()),
+            );
             Signatory::LocalUser {
                 uid: l.client.user.uid,
                 owned: &owned,

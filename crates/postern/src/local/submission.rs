@@ -10,10 +10,10 @@ use postern_proto::{ForwardPath, Mailbox, ReversePath};
 use super::attribution::LocalClient;
 use super::message::Prepared;
 use super::request::{Request, Response, exit};
-use crate::context::Context;
+use crate::context::{Context, Settings};
 use crate::facts;
 use crate::intake;
-use crate::policy::{self, Reason, Submitter, Verdict};
+use crate::policy::{self, LocalOwnership, Reason, Submitter, Verdict};
 use crate::queue::QueueId;
 use crate::ratelimit::Measure;
 
@@ -34,6 +34,7 @@ async fn queue_message(
     let settings = ctx.settings();
     let config = &settings.config;
     let sender = envelope_sender(&config.hostname, client, request.sender.as_deref())?;
+    let sender = owned_sender(&settings, client, sender);
     let mut message = Prepared::parse(raw)
         .map_err(|e| Response::new(exit::DATA_ERROR, format!("malformed message: {e}")))?;
     let script = message
@@ -127,6 +128,46 @@ async fn queue_message(
     intake::accept(ctx, &settings, submission)
         .await
         .map_err(|verdict| refusal(&verdict))
+}
+
+/// `-f` with an address the user does not own ([`policy::local_user_owns`]) becomes its
+/// own `user@hostname`, and the log says so: the message still goes out (a contact form
+/// may put a visitor's address in From:), but bounces come back to the user, and no
+/// customer makes another's mailbox the return path of its mail.
+fn owned_sender(settings: &Settings, client: &LocalClient, requested: ReversePath) -> ReversePath {
+    let ReversePath::Mailbox(address) = &requested else {
+        return requested;
+    };
+    let config = &settings.config;
+    let uid = client.user.uid;
+    let owned_domains = settings.users.domains_owned_by(uid).unwrap_or_default();
+    let address_owner = settings
+        .users
+        .lookup(&address.to_string())
+        .ok()
+        .flatten()
+        .and_then(|account| account.owner)
+        .map(|(owner, _)| owner);
+    let ownership = LocalOwnership {
+        uid,
+        user: &client.user.name,
+        hostname: &config.hostname,
+        owned_domains: &owned_domains,
+        granted: config.local_sender_grants(&client.user.name),
+        address_owner,
+    };
+    if policy::local_user_owns(&ownership, address) {
+        return requested;
+    }
+    let own = format!("{}@{}", client.user.name, config.hostname);
+    match Mailbox::parse(&own) {
+        Ok(mailbox) => {
+            tracing::info!(event = "sender_rewritten", origin = "local", uid, user = %client.user.name, requested = %address, sender = %own, msg = "-f names an address this user does not own: its own address is the envelope sender");
+            ReversePath::Mailbox(mailbox)
+        }
+        // A user name that makes no address: keep the null sender rather than theirs.
+        Err(_) => ReversePath::Null,
+    }
 }
 
 /// `-f` when given (`""` or `<>` is the null sender), else `user@hostname`.

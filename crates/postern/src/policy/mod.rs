@@ -15,7 +15,7 @@
 
 use postern_proto::{ForwardPath, Mailbox, Reply, ReversePath};
 
-use crate::config::Role;
+use crate::config::{Role, SenderScope};
 
 pub mod dkim;
 
@@ -30,6 +30,7 @@ pub enum Reason {
     RelayDenied,
     AuthRequired,
     SenderMismatch,
+    AuthorMismatch,
     UnknownUser,
     RoutedAddress,
     LookupFailed,
@@ -64,6 +65,7 @@ impl Reason {
             Reason::RelayDenied => "relay_denied",
             Reason::AuthRequired => "auth_required",
             Reason::SenderMismatch => "sender_mismatch",
+            Reason::AuthorMismatch => "author_mismatch",
             Reason::UnknownUser => "unknown_user",
             Reason::RoutedAddress => "routed_address",
             Reason::LookupFailed => "lookup_failed",
@@ -99,6 +101,7 @@ impl Reason {
                 "this listener is for submission: clients must log in before MAIL FROM"
             }
             Reason::SenderMismatch => "a login may only send as its own address",
+            Reason::AuthorMismatch => "the From: header names an address the login does not own",
             Reason::UnknownUser => "the recipient's domain is ours, but it has no such mailbox",
             Reason::RoutedAddress => {
                 "the local part holds %, !, @ or quotes, which could route mail elsewhere; such addresses are never relayed or delivered"
@@ -144,6 +147,9 @@ impl Reason {
                 "use STARTTLS, then AUTH with the mailbox address and password, before MAIL FROM"
             }
             Reason::SenderMismatch => "use the login's own address in MAIL FROM (and From:)",
+            Reason::AuthorMismatch => {
+                "put the login's own address in From:, or set [auth] sender_scope = \"domain\""
+            }
             Reason::UnknownUser => {
                 "check the address, or create the mailbox with `postern user add`"
             }
@@ -240,7 +246,12 @@ impl Submitter<'_> {
 }
 
 /// MAIL FROM: may this client start a transaction with this sender?
-pub fn check_sender(role: Role, login: Option<&str>, from: &ReversePath) -> Verdict {
+pub fn check_sender(
+    role: Role,
+    login: Option<&str>,
+    scope: SenderScope,
+    from: &ReversePath,
+) -> Verdict {
     let Some(login) = login else {
         if role.requires_auth() {
             return Verdict::refuse(Reply::auth_required(), Reason::AuthRequired);
@@ -250,7 +261,9 @@ pub fn check_sender(role: Role, login: Option<&str>, from: &ReversePath) -> Verd
     match from {
         // The null sender owns nothing that could be forged (RFC 5321 §4.5.5).
         ReversePath::Null => Verdict::accept(Reply::sender_ok()),
-        ReversePath::Mailbox(m) if login_owns(login, m) => Verdict::accept(Reply::sender_ok()),
+        ReversePath::Mailbox(m) if login_owns(login, scope, m) => {
+            Verdict::accept(Reply::sender_ok())
+        }
         ReversePath::Mailbox(m) => Verdict::refuse(
             Reply::sender_not_owned(&m.to_string(), login),
             Reason::SenderMismatch,
@@ -258,9 +271,78 @@ pub fn check_sender(role: Role, login: Option<&str>, from: &ReversePath) -> Verd
     }
 }
 
-/// A login owns its own address, compared case-insensitively.
-fn login_owns(login: &str, sender: &Mailbox) -> bool {
-    !sender.is_routed() && sender.canonical() == login.to_lowercase()
+/// A login owns its own address (compared case-insensitively) and, with
+/// [`SenderScope::Domain`], every address of its domain.
+fn login_owns(login: &str, scope: SenderScope, sender: &Mailbox) -> bool {
+    if sender.is_routed() {
+        return false;
+    }
+    let (sender, login) = (sender.canonical(), login.to_lowercase());
+    if sender == login {
+        return true;
+    }
+    let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_string());
+    scope == SenderScope::Domain && domain_of(&sender).is_some_and(|d| Some(d) == domain_of(&login))
+}
+
+/// What a local Unix user owns as a sender, looked up by the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalOwnership<'a> {
+    pub uid: u32,
+    pub user: &'a str,
+    pub hostname: &'a str,
+    /// The domains of the mailboxes whose account carries `uid`.
+    pub owned_domains: &'a [String],
+    /// `[local_submission.senders]` for this user: domains and addresses.
+    pub granted: &'a [String],
+    /// The uid on the account of the address asked about, if it is a mailbox.
+    pub address_owner: Option<u32>,
+}
+
+/// May a local Unix user use `address` as its envelope sender? Its own
+/// `user@hostname`, a mailbox carrying its uid, any address of such a mailbox's domain,
+/// and what the configuration grants it; root anything. `sendmail -f` with anything else
+/// is replaced by `user@hostname`, so bounces reach the sender and no customer can make
+/// another's mailbox the return path of its mail.
+pub fn local_user_owns(o: &LocalOwnership<'_>, address: &Mailbox) -> bool {
+    if o.uid == 0 {
+        return true;
+    }
+    if address.is_routed() {
+        return false;
+    }
+    let address = address.canonical();
+    let Some((_, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    let own = format!("{}@{}", o.user, o.hostname).to_lowercase();
+    let in_domain = |d: &String| domain.eq_ignore_ascii_case(d.trim_start_matches('@'));
+    address == own
+        || o.address_owner == Some(o.uid)
+        || o.owned_domains.iter().any(in_domain)
+        || o.granted.iter().any(|g| {
+            if g.contains('@') && !g.starts_with('@') {
+                g.eq_ignore_ascii_case(&address)
+            } else {
+                in_domain(g)
+            }
+        })
+}
+
+/// The `From:` header of a logged-in client's message: every author address must be
+/// owned by the login, as the envelope sender must. `authors` are the header's
+/// addresses; a message without any is left to the envelope rule.
+pub fn check_author(login: &str, scope: SenderScope, authors: &[String]) -> Verdict {
+    for author in authors {
+        let owned = Mailbox::parse(author).is_ok_and(|m| login_owns(login, scope, &m));
+        if !owned {
+            return Verdict::refuse(
+                Reply::author_not_owned(author, login),
+                Reason::AuthorMismatch,
+            );
+        }
+    }
+    Verdict::accept(Reply::sender_ok())
 }
 
 /// RCPT TO: may this recipient be added?
@@ -330,25 +412,121 @@ mod tests {
     fn submission_roles_require_auth_before_mail() {
         let from = ReversePath::Mailbox(mailbox("u@example.com"));
         for role in [Role::Submission, Role::Submissions] {
-            let v = check_sender(role, None, &from);
+            let v = check_sender(role, None, SenderScope::Login, &from);
             assert_eq!(v.reason, Reason::AuthRequired);
             assert_eq!(v.reply.code, 530);
         }
-        assert!(check_sender(Role::Mx, None, &from).is_accepted());
+        assert!(check_sender(Role::Mx, None, SenderScope::Login, &from).is_accepted());
     }
 
     #[test]
     fn authenticated_sender_must_be_owned() {
         let own = ReversePath::Mailbox(mailbox("User@Example.com"));
-        assert!(check_sender(Role::Submission, Some("user@example.com"), &own).is_accepted());
+        assert!(
+            check_sender(
+                Role::Submission,
+                Some("user@example.com"),
+                SenderScope::Login,
+                &own
+            )
+            .is_accepted()
+        );
         let other = ReversePath::Mailbox(mailbox("boss@example.com"));
-        let v = check_sender(Role::Submission, Some("user@example.com"), &other);
+        let v = check_sender(
+            Role::Submission,
+            Some("user@example.com"),
+            SenderScope::Login,
+            &other,
+        );
         assert_eq!(v.reason, Reason::SenderMismatch);
         assert_eq!(
             (v.reply.code, v.reply.enhanced.map(|e| e.to_string())),
             (553, Some("5.7.1".into()))
         );
-        assert!(check_sender(Role::Mx, Some("user@example.com"), &ReversePath::Null).is_accepted());
+        assert!(
+            check_sender(
+                Role::Mx,
+                Some("user@example.com"),
+                SenderScope::Login,
+                &ReversePath::Null
+            )
+            .is_accepted()
+        );
+    }
+
+    #[test]
+    fn with_the_domain_scope_a_login_sends_as_any_address_of_its_domain_only() {
+        let wordpress = ReversePath::Mailbox(mailbox("wordpress@example.com"));
+        let login = Some("wp@example.com");
+        let v = check_sender(Role::Submission, login, SenderScope::Login, &wordpress);
+        assert_eq!(v.reason, Reason::SenderMismatch);
+        assert!(
+            v.reply.text().contains("sender_scope"),
+            "{}",
+            v.reply.text()
+        );
+        let domain = SenderScope::Domain;
+        assert!(check_sender(Role::Submission, login, domain, &wordpress).is_accepted());
+        let other = ReversePath::Mailbox(mailbox("x@other.example"));
+        let v = check_sender(Role::Submission, login, domain, &other);
+        assert_eq!(v.reason, Reason::SenderMismatch);
+    }
+
+    #[test]
+    fn the_from_header_must_be_owned_by_the_login_too() {
+        let own = ["User@Example.com".to_string()];
+        let login = "user@example.com";
+        assert!(check_author(login, SenderScope::Login, &own).is_accepted());
+        assert!(check_author(login, SenderScope::Login, &[]).is_accepted());
+        let forged = ["ceo@bank.example".to_string()];
+        let v = check_author(login, SenderScope::Login, &forged);
+        assert_eq!((v.reason, v.reply.code), (Reason::AuthorMismatch, 550));
+        let sibling = ["info@example.com".to_string()];
+        assert_eq!(
+            check_author(login, SenderScope::Login, &sibling).reason,
+            Reason::AuthorMismatch
+        );
+        assert!(check_author(login, SenderScope::Domain, &sibling).is_accepted());
+    }
+
+    #[test]
+    fn a_local_user_sends_as_what_it_owns_only() {
+        let owned = ["site.example".to_string()];
+        let granted = ["shop.example".to_string(), "info@other.example".to_string()];
+        let o = LocalOwnership {
+            uid: 1001,
+            user: "site1",
+            hostname: "host.example",
+            owned_domains: &owned,
+            granted: &granted,
+            address_owner: None,
+        };
+        for mine in [
+            "site1@host.example",
+            "anyone@site.example",
+            "sales@shop.example",
+            "INFO@other.example",
+        ] {
+            assert!(local_user_owns(&o, &mailbox(mine)), "{mine}");
+        }
+        for theirs in [
+            "site2@host.example",
+            "ceo@victim.example",
+            "sales@other.example",
+            "x@sub.site.example",
+        ] {
+            assert!(!local_user_owns(&o, &mailbox(theirs)), "{theirs}");
+        }
+        let mailbox_of_mine = LocalOwnership {
+            address_owner: Some(1001),
+            ..o
+        };
+        assert!(local_user_owns(
+            &mailbox_of_mine,
+            &mailbox("box@elsewhere.example")
+        ));
+        let root = LocalOwnership { uid: 0, ..o };
+        assert!(local_user_owns(&root, &mailbox("ceo@victim.example")));
     }
 
     #[test]

@@ -310,8 +310,12 @@ impl Connection {
     async fn answer(&mut self, question: Question) {
         match question {
             Question::Mail { from, .. } => {
-                let mut verdict =
-                    policy::check_sender(self.listener.role, self.session.login(), &from);
+                let mut verdict = policy::check_sender(
+                    self.listener.role,
+                    self.session.login(),
+                    self.settings.config.sender_scope,
+                    &from,
+                );
                 if verdict.is_accepted()
                     && let Some(limited) = self.rate_limit(Measure::Messages, 1)
                 {
