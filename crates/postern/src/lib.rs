@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod facts;
 pub mod group_commit;
 pub mod headers;

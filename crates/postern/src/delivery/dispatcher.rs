@@ -23,10 +23,10 @@ use tokio::task::JoinHandle;
 
 use super::dsn::{self, DsnAction, RecipientReport};
 use super::maildir;
-use super::next_hop::Resolver;
 use super::smtp_client;
 use crate::auth::Credentials;
 use crate::config::Config;
+use crate::dns::Resolver;
 use crate::queue::{Envelope, Origin, QueueId, RecipientStatus, Spool, SpoolError};
 
 /// What deliveries need.

@@ -8,5 +8,3 @@ pub mod dsn;
 pub mod maildir;
 pub mod next_hop;
 pub mod smtp_client;
-#[cfg(test)]
-pub mod stub_resolver;
