@@ -23,7 +23,10 @@ use tokio::task::JoinHandle;
 
 use super::dsn::{self, DsnAction, RecipientReport};
 use super::maildir;
+use super::outcome::Outcome;
 use super::smtp_client;
+use postern_proto::reply::Enhanced;
+
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::dns::Resolver;
@@ -78,43 +81,6 @@ impl Deliverer {
     pub fn replace(&self, config: Config, users: Arc<dyn Credentials>) {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
-    }
-}
-
-/// The result of one delivery attempt for one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered {
-        relay: String,
-        reply: String,
-    },
-    Deferred {
-        dsn: String,
-        reply: String,
-        relay: Option<String>,
-    },
-    Bounced {
-        dsn: String,
-        reply: String,
-        relay: Option<String>,
-    },
-}
-
-impl Outcome {
-    pub fn deferred(dsn: &str, reply: impl Into<String>, relay: Option<String>) -> Outcome {
-        Outcome::Deferred {
-            dsn: dsn.to_string(),
-            reply: reply.into(),
-            relay,
-        }
-    }
-
-    pub fn bounced(dsn: &str, reply: impl Into<String>, relay: Option<String>) -> Outcome {
-        Outcome::Bounced {
-            dsn: dsn.to_string(),
-            reply: reply.into(),
-            relay,
-        }
     }
 }
 
@@ -657,7 +623,7 @@ async fn deliver_locally(
         // A panic in the task: nothing is known to be delivered, so try again later.
         Err(e) => {
             let reply = format!("local delivery failed: {e}");
-            let outcome = Outcome::deferred("4.3.0", reply, maildir_relay());
+            let outcome = Outcome::deferred(Enhanced(4, 3, 0), reply, maildir_relay());
             (
                 attempted
                     .into_iter()
@@ -788,14 +754,14 @@ fn deliver_local(d: &Deliverer, envelope: &Envelope, address: &str, message: &[u
         Ok(Some(account)) => account,
         Ok(None) => {
             return Outcome::bounced(
-                "5.1.1",
+                Enhanced(5, 1, 1),
                 "the mailbox does not exist (any more)",
                 maildir_relay(),
             );
         }
         Err(e) => {
             return Outcome::deferred(
-                "4.3.0",
+                Enhanced(4, 3, 0),
                 format!("user database unavailable: {e}"),
                 maildir_relay(),
             );
@@ -804,9 +770,9 @@ fn deliver_local(d: &Deliverer, envelope: &Envelope, address: &str, message: &[u
     let path = match maildir::expand_template(&d.config().maildir, &account.login) {
         Ok(p) => p,
         Err(e) if e.is_temporary() => {
-            return Outcome::deferred("4.3.5", e.to_string(), maildir_relay());
+            return Outcome::deferred(Enhanced(4, 3, 5), e.to_string(), maildir_relay());
         }
-        Err(e) => return Outcome::bounced("5.1.3", e.to_string(), maildir_relay()),
+        Err(e) => return Outcome::bounced(Enhanced(5, 1, 3), e.to_string(), maildir_relay()),
     };
     let prefix = format!(
         "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
@@ -857,8 +823,10 @@ fn maildir_outcome(written: Result<PathBuf, maildir::MaildirError>) -> Outcome {
             relay: "maildir".into(),
             reply: "delivered".into(),
         },
-        Err(e) if e.is_temporary() => Outcome::deferred("4.3.0", e.to_string(), maildir_relay()),
-        Err(e) => Outcome::bounced("5.3.0", e.to_string(), maildir_relay()),
+        Err(e) if e.is_temporary() => {
+            Outcome::deferred(Enhanced(4, 3, 0), e.to_string(), maildir_relay())
+        }
+        Err(e) => Outcome::bounced(Enhanced(5, 3, 0), e.to_string(), maildir_relay()),
     }
 }
 
@@ -876,32 +844,40 @@ fn record(
     let expired = now - envelope.received_at >= config.queue.max_age.as_secs() as i64;
     let rcpt = &mut envelope.recipients[i];
     rcpt.attempts += 1;
-    let (dsn, reply, relay) = match outcome {
+    let (status, reply, relay) = match outcome {
         Outcome::Delivered { relay, reply } => {
             rcpt.status = RecipientStatus::Delivered;
             crate::metrics::delivery("delivered", kind_of(&relay), age(now, received_at));
             tracing::info!(event = "delivered", queue_id = %queue_id, rcpt = %rcpt.address, relay = %relay, dsn = "2.0.0", reply = %reply);
             return None;
         }
-        Outcome::Deferred { dsn, reply, relay } if !expired => {
+        Outcome::Deferred {
+            status,
+            reply,
+            relay,
+        } if !expired => {
             crate::metrics::delivery(
                 "deferred",
                 kind_of(relay.as_deref().unwrap_or("")),
                 age(now, received_at),
             );
             rcpt.next_attempt = now + retry_delay(config, rcpt.attempts);
-            tracing::info!(event = "deferred", queue_id = %queue_id, rcpt = %rcpt.address, relay = relay.as_deref().unwrap_or("none"), dsn = %dsn, reply = %reply);
+            tracing::info!(event = "deferred", queue_id = %queue_id, rcpt = %rcpt.address, relay = relay.as_deref().unwrap_or("none"), dsn = %status, reply = %reply);
             rcpt.last_error = Some(reply);
             rcpt.last_relay = relay;
             return None;
         }
         // Still failing after the maximum queue lifetime: give up (RFC 3463 4.4.7).
         Outcome::Deferred { reply, relay, .. } => (
-            "5.4.7".to_string(),
+            Enhanced(5, 4, 7),
             format!("delivery time expired; last error: {reply}"),
             relay,
         ),
-        Outcome::Bounced { dsn, reply, relay } => (dsn, reply, relay),
+        Outcome::Bounced {
+            status,
+            reply,
+            relay,
+        } => (status, reply, relay),
     };
     rcpt.status = RecipientStatus::Bounced;
     crate::metrics::delivery(
@@ -909,13 +885,13 @@ fn record(
         kind_of(relay.as_deref().unwrap_or("")),
         age(now, received_at),
     );
-    tracing::info!(event = "bounced", queue_id = %queue_id, rcpt = %rcpt.address, relay = relay.as_deref().unwrap_or("none"), dsn = %dsn, reply = %reply);
+    tracing::info!(event = "bounced", queue_id = %queue_id, rcpt = %rcpt.address, relay = relay.as_deref().unwrap_or("none"), dsn = %status, reply = %reply);
     rcpt.last_error = Some(reply.clone());
     rcpt.last_relay = relay.clone();
     Some(RecipientReport {
         address: rcpt.address.clone(),
         action: DsnAction::Failed,
-        status: dsn,
+        status,
         remote_mta: relay,
         diagnostic: Some(reply),
         last_attempt: chrono::DateTime::from_timestamp(now, 0),
@@ -956,7 +932,7 @@ fn delay_warning_due(
         .map(|r| RecipientReport {
             address: r.address.clone(),
             action: DsnAction::Delayed,
-            status: "4.4.7".to_string(),
+            status: Enhanced(4, 4, 7),
             remote_mta: r.last_relay.clone(),
             diagnostic: r.last_error.clone(),
             last_attempt: chrono::DateTime::from_timestamp(now, 0),
@@ -1057,11 +1033,11 @@ mod tests {
             &config,
             &mut envelope,
             0,
-            Outcome::deferred("4.4.1", "no answer", None),
+            Outcome::deferred(Enhanced(4, 4, 1), "no answer", None),
             far_future,
         )
         .unwrap();
-        assert_eq!(report.status, "5.4.7");
+        assert_eq!(report.status, Enhanced(5, 4, 7));
         assert_eq!(envelope.recipients[0].status, RecipientStatus::Bounced);
         let mut fresh = envelope.clone();
         fresh.recipients[0].status = RecipientStatus::Pending;
@@ -1071,7 +1047,7 @@ mod tests {
                 &config,
                 &mut fresh,
                 0,
-                Outcome::deferred("4.4.1", "no answer", None),
+                Outcome::deferred(Enhanced(4, 4, 1), "no answer", None),
                 far_future
             )
             .is_none()

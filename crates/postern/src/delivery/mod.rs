@@ -7,4 +7,5 @@ pub mod dispatcher;
 pub mod dsn;
 pub mod maildir;
 pub mod next_hop;
+pub mod outcome;
 pub mod smtp_client;

@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use postern_proto::reply::Enhanced;
+
 use crate::dns::{DnsError, Resolver};
 
 /// The SMTP port used for MX targets and when a route names no port.
@@ -69,16 +71,16 @@ impl NextHopError {
     }
 
     /// The enhanced status code (RFC 3463) for logs and the DSN.
-    pub fn dsn(&self) -> &'static str {
+    pub fn status(&self) -> Enhanced {
         match self {
             // RFC 7505 §4.2.
-            NextHopError::NullMx => "5.1.10",
+            NextHopError::NullMx => Enhanced(5, 1, 10),
             // Bad destination system address.
-            NextHopError::NoSuchDomain => "5.1.2",
+            NextHopError::NoSuchDomain => Enhanced(5, 1, 2),
             // Directory server failure.
-            NextHopError::Temporary(_) => "4.4.3",
+            NextHopError::Temporary(_) => Enhanced(4, 4, 3),
             // System not capable of selected features: our configuration.
-            NextHopError::BadRoute(_) => "4.3.5",
+            NextHopError::BadRoute(_) => Enhanced(4, 3, 5),
         }
     }
 }
@@ -491,7 +493,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, NextHopError::NoSuchDomain);
         assert!(err.is_permanent());
-        assert_eq!(err.dsn(), "5.1.2");
+        assert_eq!(err.status(), Enhanced(5, 1, 2));
     }
 
     #[tokio::test]
@@ -514,7 +516,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, NextHopError::NullMx);
         assert!(err.is_permanent());
-        assert_eq!(err.dsn(), "5.1.10");
+        assert_eq!(err.status(), Enhanced(5, 1, 10));
     }
 
     #[tokio::test]
@@ -546,7 +548,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, NextHopError::Temporary(_)), "{err:?}");
         assert!(!err.is_permanent());
-        assert_eq!(err.dsn(), "4.4.3");
+        assert_eq!(err.status(), Enhanced(4, 4, 3));
 
         // SERVFAIL on the implicit-MX address lookup too.
         let stub = StubResolver::default()
@@ -670,7 +672,7 @@ mod tests {
                 "{value:?}: {err:?}"
             );
             assert!(!err.is_permanent());
-            assert_eq!(err.dsn(), "4.3.5");
+            assert_eq!(err.status(), Enhanced(4, 3, 5));
         }
         let r = routing(&[], Some("nonsense"));
         let err = resolve(&r, &StubResolver::default(), "remote.test")

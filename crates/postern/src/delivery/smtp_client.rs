@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 use postern_proto::client::{
     self, ClientAction, ClientConfig, Failure, ServerReply, TransactionOutcome,
 };
+use postern_proto::reply::Enhanced;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::dispatcher::{Deliverer, Outcome};
+use super::dispatcher::Deliverer;
 use super::next_hop::{self, Routing, Target};
+use super::outcome::Outcome;
 use crate::stream::Stream;
 
 /// Delivers `message` to `rcpts` (all at `domain`). One outcome per recipient, in order.
@@ -43,9 +45,9 @@ pub async fn deliver_domain(
         Ok(targets) => targets,
         Err(e) => {
             let outcome = if e.is_permanent() {
-                Outcome::bounced(e.dsn(), e.to_string(), None)
+                Outcome::bounced(e.status(), e.to_string(), None)
             } else {
-                Outcome::deferred(e.dsn(), e.to_string(), None)
+                Outcome::deferred(e.status(), e.to_string(), None)
             };
             return vec![outcome; rcpts.len()];
         }
@@ -58,7 +60,7 @@ pub async fn deliver_domain(
         smtputf8: !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()),
     };
     let mut last = (
-        String::from("4.4.1"),
+        Enhanced(4, 4, 1),
         String::from("no next hop answered"),
         None,
     );
@@ -80,14 +82,14 @@ pub async fn deliver_domain(
                 tracing::info!(event = "tls_failed", relay = %relay, error = %e, msg = "retrying without TLS");
                 match attempt(d, target, &envelope, message, false).await {
                     Ok(outcomes) => return outcomes,
-                    Err(e) => last = (e.dsn().to_string(), e.to_string(), Some(relay)),
+                    Err(e) => last = (e.status(), e.to_string(), Some(relay)),
                 }
             }
-            Err(e) => last = (e.dsn().to_string(), e.to_string(), Some(relay)),
+            Err(e) => last = (e.status(), e.to_string(), Some(relay)),
         }
     }
-    let (dsn, reply, relay) = last;
-    vec![Outcome::deferred(&dsn, reply, relay); rcpts.len()]
+    let (status, reply, relay) = last;
+    vec![Outcome::deferred(status, reply, relay); rcpts.len()]
 }
 
 /// Connections kept open after a message, for the next message to the same address
@@ -147,12 +149,12 @@ enum AttemptError {
 }
 
 impl AttemptError {
-    /// RFC 3463: 4.4.1 no answer, 4.4.2 bad connection, 4.7.0 TLS, else the reply's.
-    fn dsn(&self) -> &'static str {
+    /// RFC 3463: 4.4.1 no answer, 4.4.2 bad connection, 4.7.5 cryptographic failure.
+    fn status(&self) -> Enhanced {
         match self {
-            AttemptError::Connect(_) | AttemptError::Timeout(_) => "4.4.1",
-            AttemptError::Tls(_) => "4.7.5",
-            AttemptError::Io(_) | AttemptError::Session(_) => "4.4.2",
+            AttemptError::Connect(_) | AttemptError::Timeout(_) => Enhanced(4, 4, 1),
+            AttemptError::Tls(_) => Enhanced(4, 7, 5),
+            AttemptError::Io(_) | AttemptError::Session(_) => Enhanced(4, 4, 2),
         }
     }
 }
@@ -344,36 +346,31 @@ impl Outbound {
 
     /// Refused before sending: the server cannot take this message at all.
     fn refused(&self, failure: Failure, count: usize) -> Vec<Outcome> {
-        let (dsn, text) = match &failure {
-            Failure::Refused(why) if why.contains("SIZE") => ("5.3.4", why.clone()),
-            Failure::Refused(why) if why.contains("SMTPUTF8") => ("5.6.7", why.clone()),
-            Failure::Refused(why) => ("5.6.3", why.clone()),
-            other => ("5.0.0", describe(other)),
+        let (status, text) = match &failure {
+            Failure::Refused(refusal) => (refusal.enhanced(), refusal.to_string()),
+            other => (Enhanced(5, 0, 0), describe(other)),
         };
-        vec![Outcome::bounced(dsn, text, Some(self.relay.clone())); count]
+        vec![Outcome::bounced(status, text, Some(self.relay.clone())); count]
     }
 }
 
 fn outcome_of(reply: &ServerReply, relay: &str) -> Outcome {
     let text = reply.to_string();
-    let dsn = reply.enhanced.map(|e| e.to_string());
     if reply.is_positive() {
-        return Outcome::Delivered {
-            relay: relay.to_string(),
-            reply: text,
-        };
+        return Outcome::delivered(relay, text);
     }
     let relay = Some(relay.to_string());
     if reply.is_transient() {
-        Outcome::deferred(dsn.as_deref().unwrap_or("4.0.0"), text, relay)
+        Outcome::deferred(reply.enhanced.unwrap_or(Enhanced(4, 0, 0)), text, relay)
     } else {
-        Outcome::bounced(dsn.as_deref().unwrap_or("5.0.0"), text, relay)
+        Outcome::bounced(reply.enhanced.unwrap_or(Enhanced(5, 0, 0)), text, relay)
     }
 }
 
 fn describe(failure: &Failure) -> String {
     match failure {
         Failure::Reply(reply) => reply.to_string(),
-        Failure::Protocol(why) | Failure::Refused(why) => why.clone(),
+        Failure::Protocol(why) => why.clone(),
+        Failure::Refused(refusal) => refusal.to_string(),
     }
 }
