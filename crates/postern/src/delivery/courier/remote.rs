@@ -1,9 +1,11 @@
-//! Outbound SMTP: takes one message to the recipients of one domain, over the next
-//! hops that `next_hop` finds, driving the sans-IO client of `postern-proto`.
+//! The remote courier: takes one message to the recipients of one domain over SMTP,
+//! to the next hops that `next_hop` finds, driving the sans-IO client of
+//! `postern-proto`.
 //!
+//! It owns the resolver, the TLS client settings and the pool of idle connections.
 //! Every recipient gets an [`Outcome`]: delivered, deferred (try again later) or
 //! bounced (permanent). Connection problems try the next hop, and when no hop
-//! answers, the recipients are deferred.
+//! answers, the recipients are deferred. It must not touch the queue.
 //!
 //! # Security
 //!
@@ -12,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_proto::client::{
@@ -23,20 +26,60 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::dispatcher::Deliverer;
-use super::next_hop::{self, Routing, Target};
-use super::outcome::Outcome;
+use super::{BoxFuture, Courier, Parcel};
+use crate::delivery::next_hop::{self, Routing, Target};
+use crate::delivery::outcome::Outcome;
+use crate::delivery::settings::Settings;
+use crate::dns::Resolver;
 use crate::stream::Stream;
 
+/// Delivers over SMTP to the next hops of the recipients' domain.
+pub struct RemoteCourier {
+    settings: Arc<Settings>,
+    resolver: Arc<dyn Resolver>,
+    /// TLS for outbound STARTTLS.
+    tls: Arc<rustls::ClientConfig>,
+    /// Idle outbound connections, reused for the next message to the same server.
+    pool: ConnectionPool,
+}
+
+impl RemoteCourier {
+    pub fn new(
+        settings: Arc<Settings>,
+        resolver: Arc<dyn Resolver>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> RemoteCourier {
+        RemoteCourier {
+            settings,
+            resolver,
+            tls,
+            pool: ConnectionPool::default(),
+        }
+    }
+}
+
+impl Courier for RemoteCourier {
+    /// The recipients of `parcel` must all be at one domain: they share one transaction.
+    fn deliver<'a>(&'a self, parcel: &'a Parcel) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            let Some(first) = parcel.rcpts.first() else {
+                return Vec::new();
+            };
+            let domain = first.rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
+            deliver_domain(self, &parcel.from, &domain, &parcel.rcpts, &parcel.message).await
+        })
+    }
+}
+
 /// Delivers `message` to `rcpts` (all at `domain`). One outcome per recipient, in order.
-pub async fn deliver_domain(
-    d: &Deliverer,
+async fn deliver_domain(
+    d: &RemoteCourier,
     from: &str,
     domain: &str,
     rcpts: &[String],
     message: &[u8],
 ) -> Vec<Outcome> {
-    let config = d.config();
+    let config = d.settings.config();
     let routing = Routing {
         routes: config.routes.clone(),
         relay_host: config.relay_host.clone(),
@@ -96,7 +139,7 @@ pub async fn deliver_domain(
 /// (Postfix's connection cache): a burst of mail to one provider needs one handshake,
 /// not one per message.
 #[derive(Default)]
-pub struct ConnectionPool {
+struct ConnectionPool {
     idle: std::sync::Mutex<HashMap<SocketAddr, Vec<(Outbound, Instant)>>>,
 }
 
@@ -163,13 +206,13 @@ impl AttemptError {
 /// the transaction. A connection that ends the transaction ready for another goes to
 /// the pool; any other is closed with QUIT.
 async fn attempt(
-    d: &Deliverer,
+    d: &RemoteCourier,
     target: &Target,
     envelope: &client::Envelope,
     message: &[u8],
     use_tls: bool,
 ) -> Result<Vec<Outcome>, AttemptError> {
-    let config = d.config();
+    let config = d.settings.config();
     let outbound = &config.outbound;
     let tcp = tokio::time::timeout(outbound.connect_timeout, TcpStream::connect(target.addr))
         .await
@@ -200,7 +243,7 @@ async fn attempt(
     Ok(outcomes)
 }
 
-pub struct Outbound {
+struct Outbound {
     stream: Option<Stream>,
     client: client::Client,
     timeout: Duration,
@@ -214,7 +257,7 @@ impl Outbound {
     /// one from the pool), until its outcome is known and the session is ready again.
     async fn transact(
         &mut self,
-        d: &Deliverer,
+        d: &RemoteCourier,
         target: &Target,
         envelope: &client::Envelope,
         message: &[u8],
@@ -321,7 +364,7 @@ impl Outbound {
             .map_err(AttemptError::Io)
     }
 
-    async fn start_tls(&mut self, d: &Deliverer, target: &Target) -> Result<(), AttemptError> {
+    async fn start_tls(&mut self, d: &RemoteCourier, target: &Target) -> Result<(), AttemptError> {
         let stream = self
             .stream
             .take()
