@@ -320,10 +320,12 @@ async fn run(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    // Nothing new is started. The attempts in progress finish and record their
-    // outcomes, or their deliveries would be made again at the next start; the caller
-    // bounds the wait.
+    // Nothing new is started: jobs still waiting are dropped (a message is picked up
+    // again at the next start, a `queue delete` hears that the server is stopping).
     rx.close();
+    while rx.try_recv().is_ok() {}
+    // The attempts in progress finish and record their outcomes, or their deliveries
+    // would be made again at the next start; the caller bounds the wait.
     while tasks.join_next().await.is_some() {}
 }
 
