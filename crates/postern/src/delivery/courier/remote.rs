@@ -312,7 +312,7 @@ impl Outbound {
         results: &mut Option<Vec<Outcome>>,
     ) {
         if let Err(failure) = self.client.send(envelope, message) {
-            *results = Some(self.refused(failure, envelope.rcpts.len()));
+            *results = Some(refused(&failure, &self.relay, envelope.rcpts.len()));
             // The session could go on, but this connection has served its purpose.
             self.client.quit();
         }
@@ -386,15 +386,16 @@ impl Outbound {
             .map(|i| outcome_of(outcome.outcome_for(i), &self.relay))
             .collect()
     }
+}
 
-    /// Refused before sending: the server cannot take this message at all.
-    fn refused(&self, failure: Failure, count: usize) -> Vec<Outcome> {
-        let (status, text) = match &failure {
-            Failure::Refused(refusal) => (refusal.enhanced(), refusal.to_string()),
-            other => (Enhanced(5, 0, 0), describe(other)),
-        };
-        vec![Outcome::bounced(status, text, Some(self.relay.clone())); count]
-    }
+/// Why a server cannot take a message at all, for each of its `count` recipients:
+/// refused before sending, or a failure instead of a transaction.
+fn refused(failure: &Failure, relay: &str, count: usize) -> Vec<Outcome> {
+    let (status, text) = match failure {
+        Failure::Refused(refusal) => (refusal.enhanced(), refusal.to_string()),
+        other => (Enhanced(5, 0, 0), describe(other)),
+    };
+    vec![Outcome::bounced(status, text, Some(relay.to_string())); count]
 }
 
 fn outcome_of(reply: &ServerReply, relay: &str) -> Outcome {
@@ -415,5 +416,77 @@ fn describe(failure: &Failure) -> String {
         Failure::Reply(reply) => reply.to_string(),
         Failure::Protocol(why) => why.clone(),
         Failure::Refused(refusal) => refusal.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use postern_proto::client::Refusal;
+
+    use super::*;
+
+    fn reply(code: u16, enhanced: Option<Enhanced>, text: &str) -> ServerReply {
+        ServerReply {
+            code,
+            enhanced,
+            text: text.to_string(),
+        }
+    }
+
+    #[test]
+    fn replies_become_outcomes_with_their_status_code() {
+        let relay = "192.0.2.1:25";
+        assert_eq!(
+            outcome_of(&reply(250, Some(Enhanced(2, 0, 0)), "queued"), relay),
+            Outcome::delivered(relay, "250 2.0.0 queued")
+        );
+        assert_eq!(
+            outcome_of(&reply(451, Some(Enhanced(4, 7, 1)), "greylisted"), relay),
+            Outcome::deferred(
+                Enhanced(4, 7, 1),
+                "451 4.7.1 greylisted",
+                Some(relay.into())
+            )
+        );
+        // Without an enhanced code, the class of the reply decides.
+        assert_eq!(
+            outcome_of(&reply(450, None, "busy"), relay),
+            Outcome::deferred(Enhanced(4, 0, 0), "450 busy", Some(relay.into()))
+        );
+        assert_eq!(
+            outcome_of(&reply(550, None, "no"), relay),
+            Outcome::bounced(Enhanced(5, 0, 0), "550 no", Some(relay.into()))
+        );
+    }
+
+    #[test]
+    fn refusals_bounce_with_their_own_status_code() {
+        let status = |failure: Failure| {
+            let outcomes = refused(&failure, "r", 2);
+            assert_eq!(outcomes.len(), 2, "one per recipient");
+            match &outcomes[0] {
+                Outcome::Bounced { status, .. } => *status,
+                other => panic!("{other:?}"),
+            }
+        };
+        let too_big = Refusal::TooBig { size: 10, limit: 5 };
+        assert_eq!(status(Failure::Refused(too_big)), Enhanced(5, 3, 4));
+        assert_eq!(
+            status(Failure::Refused(Refusal::NeedsSmtpUtf8)),
+            Enhanced(5, 6, 7)
+        );
+        assert_eq!(
+            status(Failure::Refused(Refusal::Needs8BitMime)),
+            Enhanced(5, 6, 3)
+        );
+        // An address that happens to name an extension is no size problem.
+        assert_eq!(
+            status(Failure::Refused(Refusal::BadAddress("SIZE\n@x".into()))),
+            Enhanced(5, 6, 3)
+        );
+        assert_eq!(
+            status(Failure::Protocol("garbage".into())),
+            Enhanced(5, 0, 0)
+        );
     }
 }
