@@ -155,3 +155,75 @@ fn outcome_of(written: Result<PathBuf, maildir::MaildirError>) -> Outcome {
         Err(e) => Outcome::bounced(Enhanced(5, 3, 0), e.to_string(), relay()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::PasswdFile;
+
+    /// A courier for the one mailbox `bob@localhost`, with Maildirs under `dir`.
+    fn courier(dir: &std::path::Path, passwd: &str) -> MaildirCourier {
+        let file = dir.join("passwd");
+        std::fs::write(&file, passwd).unwrap();
+        let mut config = Config::development_defaults();
+        config.maildir = format!("{}/mail/%d/%n/Maildir", dir.display());
+        config.maildir_owner = None;
+        let users = Arc::new(PasswdFile::new(file));
+        MaildirCourier::new(Arc::new(Settings::new(config, users)))
+    }
+
+    fn parcel(rcpts: &[&str]) -> Parcel {
+        Parcel {
+            from: "alice@sender.test".into(),
+            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+            message: Arc::new(b"Subject: hi\r\n\r\nbody\r\n".to_vec()),
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_to_mailboxes_and_bounces_addresses_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let courier = courier(dir.path(), "bob@localhost:{PLAIN}secret\n");
+        let outcomes = courier
+            .deliver(&parcel(&["bob@localhost", "nobody@localhost"]))
+            .await;
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::delivered(MAILDIR_RELAY, "delivered"),
+                Outcome::bounced(
+                    Enhanced(5, 1, 1),
+                    "the mailbox does not exist (any more)",
+                    relay()
+                ),
+            ]
+        );
+        let new = dir.path().join("mail/localhost/bob/Maildir/new");
+        let files: Vec<_> = std::fs::read_dir(&new).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        let written = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
+        // Maildir files end their lines in LF (see `delivery::maildir`).
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            "Return-Path: <alice@sender.test>\nDelivered-To: bob@localhost\nSubject: hi\n\nbody\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_user_database_defers() {
+        let dir = tempfile::tempdir().unwrap();
+        // A line the strict parser cannot read makes the whole file unusable.
+        let courier = courier(dir.path(), "not a passwd line\n");
+        let outcomes = courier.deliver(&parcel(&["bob@localhost"])).await;
+        assert!(
+            matches!(
+                &outcomes[..],
+                [Outcome::Deferred {
+                    status: Enhanced(4, 3, 0),
+                    ..
+                }]
+            ),
+            "{outcomes:?}"
+        );
+    }
+}
