@@ -56,6 +56,70 @@ impl RemoteCourier {
             pool: ConnectionPool::default(),
         }
     }
+
+    /// Delivers `message` to `rcpts` (all at `domain`). One outcome per recipient, in order.
+    async fn deliver_domain(
+        &self,
+        from: &str,
+        domain: &str,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> Vec<Outcome> {
+        let config = self.settings.config();
+        let routing = Routing {
+            routes: config.routes.clone(),
+            relay_host: config.relay_host.clone(),
+        };
+        let targets = match next_hop::resolve(&routing, self.resolver.as_ref(), domain).await {
+            Ok(targets) => targets,
+            Err(e) => {
+                let outcome = if e.is_permanent() {
+                    Outcome::bounced(e.status(), e.to_string(), None)
+                } else {
+                    Outcome::deferred(e.status(), e.to_string(), None)
+                };
+                return vec![outcome; rcpts.len()];
+            }
+        };
+        let envelope = client::Envelope {
+            from: from.to_string(),
+            rcpts: rcpts.to_vec(),
+            size: message.len() as u64,
+            eight_bit: !message.is_ascii(),
+            smtputf8: !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()),
+        };
+        let mut last = (
+            Enhanced(4, 4, 1),
+            String::from("no next hop answered"),
+            None,
+        );
+        for target in &targets {
+            let relay = target_label(target);
+            // A connection left open by the previous message to this host saves a
+            // handshake; if the server has closed it meanwhile, connect afresh.
+            if let Some(mut idle) = self.pool.take(target.addr)
+                && let Ok(outcomes) = idle.transact(self, target, &envelope, message).await
+            {
+                if idle.ready {
+                    self.pool.put(target.addr, idle);
+                }
+                return outcomes;
+            }
+            match attempt(self, target, &envelope, message, true).await {
+                Ok(outcomes) => return outcomes,
+                Err(AttemptError::Tls(e)) if config.outbound.plaintext_fallback => {
+                    tracing::info!(event = "tls_failed", relay = %relay, error = %e, msg = "retrying without TLS");
+                    match attempt(self, target, &envelope, message, false).await {
+                        Ok(outcomes) => return outcomes,
+                        Err(e) => last = (e.status(), e.to_string(), Some(relay)),
+                    }
+                }
+                Err(e) => last = (e.status(), e.to_string(), Some(relay)),
+            }
+        }
+        let (status, reply, relay) = last;
+        vec![Outcome::deferred(status, reply, relay); rcpts.len()]
+    }
 }
 
 impl Courier for RemoteCourier {
@@ -66,73 +130,10 @@ impl Courier for RemoteCourier {
                 return Vec::new();
             };
             let domain = first.rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
-            deliver_domain(self, &parcel.from, &domain, &parcel.rcpts, &parcel.message).await
+            self.deliver_domain(&parcel.from, &domain, &parcel.rcpts, &parcel.message)
+                .await
         })
     }
-}
-
-/// Delivers `message` to `rcpts` (all at `domain`). One outcome per recipient, in order.
-async fn deliver_domain(
-    d: &RemoteCourier,
-    from: &str,
-    domain: &str,
-    rcpts: &[String],
-    message: &[u8],
-) -> Vec<Outcome> {
-    let config = d.settings.config();
-    let routing = Routing {
-        routes: config.routes.clone(),
-        relay_host: config.relay_host.clone(),
-    };
-    let targets = match next_hop::resolve(&routing, d.resolver.as_ref(), domain).await {
-        Ok(targets) => targets,
-        Err(e) => {
-            let outcome = if e.is_permanent() {
-                Outcome::bounced(e.status(), e.to_string(), None)
-            } else {
-                Outcome::deferred(e.status(), e.to_string(), None)
-            };
-            return vec![outcome; rcpts.len()];
-        }
-    };
-    let envelope = client::Envelope {
-        from: from.to_string(),
-        rcpts: rcpts.to_vec(),
-        size: message.len() as u64,
-        eight_bit: !message.is_ascii(),
-        smtputf8: !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()),
-    };
-    let mut last = (
-        Enhanced(4, 4, 1),
-        String::from("no next hop answered"),
-        None,
-    );
-    for target in &targets {
-        let relay = target_label(target);
-        // A connection left open by the previous message to this host saves a
-        // handshake; if the server has closed it meanwhile, connect afresh.
-        if let Some(mut idle) = d.pool.take(target.addr)
-            && let Ok(outcomes) = idle.transact(d, target, &envelope, message).await
-        {
-            if idle.ready {
-                d.pool.put(target.addr, idle);
-            }
-            return outcomes;
-        }
-        match attempt(d, target, &envelope, message, true).await {
-            Ok(outcomes) => return outcomes,
-            Err(AttemptError::Tls(e)) if config.outbound.plaintext_fallback => {
-                tracing::info!(event = "tls_failed", relay = %relay, error = %e, msg = "retrying without TLS");
-                match attempt(d, target, &envelope, message, false).await {
-                    Ok(outcomes) => return outcomes,
-                    Err(e) => last = (e.status(), e.to_string(), Some(relay)),
-                }
-            }
-            Err(e) => last = (e.status(), e.to_string(), Some(relay)),
-        }
-    }
-    let (status, reply, relay) = last;
-    vec![Outcome::deferred(status, reply, relay); rcpts.len()]
 }
 
 /// Connections kept open after a message, for the next message to the same address
@@ -206,13 +207,13 @@ impl AttemptError {
 /// the transaction. A connection that ends the transaction ready for another goes to
 /// the pool; any other is closed with QUIT.
 async fn attempt(
-    d: &RemoteCourier,
+    courier: &RemoteCourier,
     target: &Target,
     envelope: &client::Envelope,
     message: &[u8],
     use_tls: bool,
 ) -> Result<Vec<Outcome>, AttemptError> {
-    let config = d.settings.config();
+    let config = courier.settings.config();
     let outbound = &config.outbound;
     let tcp = tokio::time::timeout(outbound.connect_timeout, TcpStream::connect(target.addr))
         .await
@@ -232,11 +233,12 @@ async fn attempt(
     // Each read has its own timeout, but a server that trickles bytes could still hold
     // the connection (and a delivery slot) for ever: the whole attempt has a deadline.
     let deadline = outbound.timeout.saturating_mul(6);
-    let outcomes = tokio::time::timeout(deadline, conn.transact(d, target, envelope, message))
-        .await
-        .map_err(|_| AttemptError::Timeout("for the whole transaction"))??;
+    let outcomes =
+        tokio::time::timeout(deadline, conn.transact(courier, target, envelope, message))
+            .await
+            .map_err(|_| AttemptError::Timeout("for the whole transaction"))??;
     if conn.ready {
-        d.pool.put(target.addr, conn);
+        courier.pool.put(target.addr, conn);
     } else {
         conn.close().await;
     }
@@ -257,7 +259,7 @@ impl Outbound {
     /// one from the pool), until its outcome is known and the session is ready again.
     async fn transact(
         &mut self,
-        d: &RemoteCourier,
+        courier: &RemoteCourier,
         target: &Target,
         envelope: &client::Envelope,
         message: &[u8],
@@ -272,7 +274,7 @@ impl Outbound {
             while let Some(action) = self.client.poll_action() {
                 match action {
                     ClientAction::Send(bytes) => self.write(&bytes).await?,
-                    ClientAction::StartTls => self.start_tls(d, target).await?,
+                    ClientAction::StartTls => self.start_tls(courier, target).await?,
                     ClientAction::Ready(_) if results.is_none() => {
                         self.begin(envelope, message, &mut results);
                     }
@@ -364,14 +366,18 @@ impl Outbound {
             .map_err(AttemptError::Io)
     }
 
-    async fn start_tls(&mut self, d: &RemoteCourier, target: &Target) -> Result<(), AttemptError> {
+    async fn start_tls(
+        &mut self,
+        courier: &RemoteCourier,
+        target: &Target,
+    ) -> Result<(), AttemptError> {
         let stream = self
             .stream
             .take()
             .ok_or_else(|| AttemptError::Session("no connection".into()))?;
         let name = ServerName::try_from(target.host.clone())
             .unwrap_or_else(|_| ServerName::IpAddress(target.addr.ip().into()));
-        let connector = TlsConnector::from(d.tls.clone());
+        let connector = TlsConnector::from(courier.tls.clone());
         let upgraded = tokio::time::timeout(self.timeout, stream.connect_tls(&connector, name))
             .await
             .map_err(|_| AttemptError::Tls(std::io::ErrorKind::TimedOut.into()))?
