@@ -41,6 +41,14 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
+    #[error(
+        "{path}: owned by uid {owner}, neither root nor you (uid {caller}): not read, because whoever owns it could redirect your mail; chown it, or name another file with --config"
+    )]
+    Untrusted {
+        path: String,
+        owner: u32,
+        caller: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -336,12 +344,27 @@ impl Config {
         if let Some(p) = std::env::var_os("POSTERN_CONFIG").filter(|p| !p.is_empty()) {
             return Source::File(PathBuf::from(p));
         }
-        for candidate in ["postern.toml", SYSTEM_CONFIG] {
-            if Path::new(candidate).exists() {
-                return Source::File(PathBuf::from(candidate));
-            }
+        if let Some(local) = Self::own_file_in_current_dir() {
+            return Source::File(local);
+        }
+        if Path::new(SYSTEM_CONFIG).exists() {
+            return Source::File(PathBuf::from(SYSTEM_CONFIG));
         }
         Source::Defaults
+    }
+
+    /// `./postern.toml`, only for a caller that is not root and only when the caller
+    /// owns it: in a directory others can write (a site's upload folder, /tmp), a file
+    /// planted there must not decide where root's or anyone's mail goes.
+    fn own_file_in_current_dir() -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt as _;
+        let caller = nix::unistd::geteuid();
+        if caller.is_root() {
+            return None;
+        }
+        let path = Path::new("postern.toml");
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        (meta.is_file() && meta.uid() == caller.as_raw()).then(|| path.to_path_buf())
     }
 
     pub fn load(source: &Source) -> Result<Config, ConfigError> {
@@ -352,6 +375,7 @@ impl Config {
                     path: path.display().to_string(),
                     source: e,
                 })?;
+                ensure_trusted_owner(path)?;
                 Config::parse(&text, path)
             }
         }
@@ -522,6 +546,25 @@ pub fn system_hostname() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A configuration is read only when root or the caller owns it: one owned by anyone
+/// else could send the caller's mail (root's included) wherever its owner likes.
+fn ensure_trusted_owner(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let caller = nix::unistd::geteuid().as_raw();
+    if meta.uid() == 0 || meta.uid() == caller {
+        return Ok(());
+    }
+    Err(ConfigError::Untrusted {
+        path: path.display().to_string(),
+        owner: meta.uid(),
+        caller,
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

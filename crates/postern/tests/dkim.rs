@@ -614,3 +614,83 @@ fn mail_relayed_for_a_login_is_signed_and_verifies_with_dkimpy() {
     );
     server.wait_for_log("event=dkim_skipped").unwrap();
 }
+
+/// Intake's rule for local mail: a Unix user's mail is signed only for the domains of
+/// the mailboxes whose account carries its uid; anything else goes out unsigned.
+#[test]
+fn local_mail_is_signed_only_for_domains_the_uid_owns() {
+    let Some(uid) = common::test_user("posterntest") else {
+        return;
+    };
+    let server = common::Server::start();
+    let out = server.cli(
+        &[
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.com",
+            "--selector",
+            "s1",
+            "--algorithm",
+            "ed25519",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let table = &printed[printed.find("[[dkim]]").expect("a [[dkim]] table")..];
+    let mut config = std::fs::read_to_string(server.config_path()).unwrap();
+    config.push('\n');
+    config.push_str(table);
+    std::fs::write(server.config_path(), config).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("event=reloaded").expect("reloaded");
+
+    let send = |subject: &str| {
+        let message = format!(
+            "From: <alice@example.com>\nTo: <bob@example.com>\nSubject: {subject}\n\nHello.\n"
+        );
+        let out = server.sendmail(Some("posterntest"), &["-t", "-i"], message.as_bytes());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    send("not-owned");
+    let delivered = server.wait_for_delivery("bob@example.com", 1);
+    assert!(
+        !delivered[0].contains("DKIM-Signature"),
+        "uid {uid} owns no mailbox at example.com:\n{}",
+        delivered[0]
+    );
+
+    // alice@example.com's account now carries the test user's uid.
+    let passwd = server.dir.path().join("passwd");
+    let text = std::fs::read_to_string(&passwd).unwrap();
+    let owned: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("alice@example.com:") {
+                format!("{line}:{uid}:{uid}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&passwd, owned).unwrap();
+    send("owned");
+    let delivered = server.wait_for_delivery("bob@example.com", 2);
+    let owned = delivered
+        .iter()
+        .find(|m| m.contains("Subject: owned"))
+        .expect("the second message");
+    assert!(
+        owned.contains("\nDKIM-Signature: "),
+        "uid {uid} owns alice@example.com now:\n{owned}"
+    );
+}

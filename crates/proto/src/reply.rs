@@ -327,6 +327,14 @@ impl Reply {
         )
     }
 
+    pub fn nul_in_data() -> Reply {
+        Reply::new(
+            550,
+            Enhanced(5, 6, 0),
+            "Message refused: it contains a NUL octet, which SMTP does not allow; encode binary data (base64)",
+        )
+    }
+
     pub fn data_line_too_long(limit: usize) -> Reply {
         Reply::new(
             550,

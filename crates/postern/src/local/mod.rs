@@ -11,6 +11,7 @@
 //! Submissions pass the same policy (recipient checks, limits) and the same spool as
 //! SMTP mail. No setuid or setgid binary exists.
 
+pub mod address_list;
 pub mod attribution;
 pub mod message;
 pub mod request;

@@ -17,10 +17,16 @@ use postern_proto::{ForwardPath, Mailbox, Reply, ReversePath};
 
 use crate::config::Role;
 
-/// Why a verdict was given; `as_str` is the `reason=` of the log line.
+pub mod dkim;
+
+/// Why a transaction was accepted or refused: the one vocabulary of every refusal that is
+/// logged, whoever made it (the policy, the rate limits, the login guard, DMARC, the
+/// connection limits, the protocol session, intake). `as_str` is the `reason=` of the
+/// log line; fail2ban filters and the abuse desk's greps depend on these words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Accepted,
+    // The policy.
     RelayDenied,
     AuthRequired,
     SenderMismatch,
@@ -28,6 +34,27 @@ pub enum Reason {
     RoutedAddress,
     LookupFailed,
     RateLimited,
+    // Logins.
+    AuthBlocked,
+    AuthWithoutTls,
+    AuthCancelled,
+    // Intake.
+    DmarcReject,
+    DkimFailed,
+    SpoolFailed,
+    // Connection limits.
+    TooManyConnections,
+    TooManyConnectionsFromClient,
+    ConnectionRate,
+    // The protocol session.
+    MessageTooBig,
+    TooManyRecipients,
+    BadMessageData,
+    Timeout,
+    ShuttingDown,
+    TooManyErrors,
+    SmtputfRequired,
+    ProtocolError,
 }
 
 impl Reason {
@@ -41,6 +68,23 @@ impl Reason {
             Reason::RoutedAddress => "routed_address",
             Reason::LookupFailed => "lookup_failed",
             Reason::RateLimited => "rate_limited",
+            Reason::AuthBlocked => "auth_blocked",
+            Reason::AuthWithoutTls => "auth_without_tls",
+            Reason::AuthCancelled => "auth_cancelled",
+            Reason::DmarcReject => "dmarc_reject",
+            Reason::DkimFailed => "dkim_failed",
+            Reason::SpoolFailed => "spool_failed",
+            Reason::TooManyConnections => "too_many_connections",
+            Reason::TooManyConnectionsFromClient => "too_many_connections_from_client",
+            Reason::ConnectionRate => "connection_rate",
+            Reason::MessageTooBig => "message_too_big",
+            Reason::TooManyRecipients => "too_many_recipients",
+            Reason::BadMessageData => "bad_message_data",
+            Reason::Timeout => "timeout",
+            Reason::ShuttingDown => "shutting_down",
+            Reason::TooManyErrors => "too_many_errors",
+            Reason::SmtputfRequired => "smtputf8_required",
+            Reason::ProtocolError => "protocol_error",
         }
     }
 
@@ -63,6 +107,29 @@ impl Reason {
                 "the user database could not be read, so the answer is \"try again later\""
             }
             Reason::RateLimited => "the sender reached its hourly limit",
+            Reason::AuthBlocked => "too many failed logins from this client",
+            Reason::AuthWithoutTls => "passwords are accepted only inside TLS",
+            Reason::AuthCancelled => "the client cancelled the login",
+            Reason::DmarcReject => {
+                "the author's domain publishes DMARC p=reject and the message fails it"
+            }
+            Reason::DkimFailed => {
+                "the message could not be DKIM-signed, and is never sent unsigned"
+            }
+            Reason::SpoolFailed => "the message could not be stored",
+            Reason::TooManyConnections => "the server has reached its connection limit",
+            Reason::TooManyConnectionsFromClient => "this client has too many connections open",
+            Reason::ConnectionRate => "this client opens connections too fast",
+            Reason::MessageTooBig => "the message is larger than the size limit",
+            Reason::TooManyRecipients => "the message has more recipients than allowed",
+            Reason::BadMessageData => "the message data broke the line rules (bare CR or LF)",
+            Reason::Timeout => "the client was silent for too long",
+            Reason::ShuttingDown => "the server is stopping",
+            Reason::TooManyErrors => "the client made too many protocol errors",
+            Reason::SmtputfRequired => {
+                "an address needs SMTPUTF8, which the client did not ask for"
+            }
+            Reason::ProtocolError => "the client broke the SMTP protocol",
         }
     }
 
@@ -85,6 +152,26 @@ impl Reason {
             Reason::RateLimited => {
                 "wait, or raise the limit in [limits] (login_messages_per_hour, uid_messages_per_hour)"
             }
+            Reason::AuthBlocked => "wait until the block ends, then log in with the right password",
+            Reason::AuthWithoutTls => "use STARTTLS (or port 465) before AUTH",
+            Reason::AuthCancelled | Reason::ProtocolError | Reason::TooManyErrors => {
+                "fix the client's SMTP dialogue"
+            }
+            Reason::DmarcReject => "the author's domain must sign or publish SPF for its mail",
+            Reason::DkimFailed | Reason::SpoolFailed => {
+                "see the server log for the error; the client retries by itself"
+            }
+            Reason::TooManyConnections
+            | Reason::TooManyConnectionsFromClient
+            | Reason::ConnectionRate => "wait, or raise the connection limits in [limits]",
+            Reason::MessageTooBig => "send a smaller message, or raise limits.max_message_size",
+            Reason::TooManyRecipients => {
+                "send to fewer recipients at once, or raise limits.max_recipients"
+            }
+            Reason::BadMessageData => "end every line with CRLF",
+            Reason::Timeout => "keep the connection busy, or raise the timeouts in [limits]",
+            Reason::ShuttingDown => "try again once the server is back",
+            Reason::SmtputfRequired => "use MAIL FROM:<...> SMTPUTF8",
         }
     }
 }
@@ -104,7 +191,7 @@ impl Verdict {
         }
     }
 
-    fn refuse(reply: Reply, reason: Reason) -> Verdict {
+    pub fn refuse(reply: Reply, reason: Reason) -> Verdict {
         Verdict { reply, reason }
     }
 

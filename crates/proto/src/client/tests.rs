@@ -1210,7 +1210,8 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     let line = (
         any::<bool>(),
         prop::collection::vec(
-            any::<u8>().prop_filter("no line end", |b| *b != b'\r' && *b != b'\n'),
+            // SMTP text: no line ends inside a line, and no NUL (the server refuses it).
+            any::<u8>().prop_filter("no line end or NUL", |b| !matches!(b, b'\r' | b'\n' | 0)),
             0..80,
         ),
     )
