@@ -18,6 +18,7 @@ pub mod context;
 pub mod control;
 pub mod daemon;
 pub mod delivery;
+pub mod dns;
 pub mod facts;
 pub mod group_commit;
 pub mod intake;

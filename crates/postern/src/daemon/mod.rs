@@ -25,7 +25,7 @@ use crate::auth::{Credentials, PasswdFile};
 use crate::config::{Config, Source};
 use crate::context::{Context, Settings};
 use crate::delivery::dispatcher::{self, Deliverer};
-use crate::delivery::next_hop::{Resolver, SystemResolver};
+use crate::dns::{Resolver, SystemResolver};
 use crate::mailauth::sign::Signer;
 use crate::mailauth::verify::Verifier;
 use crate::queue::Spool;

@@ -6,7 +6,7 @@ use crate::auth::{Credentials, PasswdFile};
 use crate::config::{Config, Source};
 use crate::context::{Context, Settings};
 use crate::delivery::dispatcher::Deliverer;
-use crate::delivery::next_hop::Resolver;
+use crate::dns::Resolver;
 use crate::mailauth::sign::Signer;
 use crate::mailauth::verify::Verifier;
 use crate::server::tls;

@@ -156,9 +156,10 @@ impl Spool {
     }
 
     /// [`commit`](Spool::commit), then, if the commit succeeded, runs `then` on the same
-    /// blocking thread once the caller has been told: the first delivery attempt
-    /// ([`Dispatcher::first_attempt`](crate::delivery::dispatcher::Dispatcher::first_attempt))
-    /// starts there without a hand-over to another thread. The caller's future resolves
+    /// blocking thread once the caller has been told: the message is handed to its first
+    /// delivery attempt there
+    /// ([`Dispatcher::first_attempt`](crate::delivery::dispatcher::Dispatcher::first_attempt)).
+    /// The caller's future resolves
     /// before `then` runs, and `then` runs even if that future was dropped.
     pub async fn commit_then(
         &self,
