@@ -11,6 +11,7 @@
 
 pub mod accept_loop;
 pub mod admission;
+pub mod attribution;
 pub mod auth;
 pub mod cli;
 pub mod config;

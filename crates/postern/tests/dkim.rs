@@ -572,11 +572,14 @@ fn mail_relayed_for_a_login_is_signed_and_verifies_with_dkimpy() {
         .map(parse_record)
         .collect();
 
-    for (from, subject) in [
-        ("alice@example.com", "signed"),
-        ("alice@elsewhere.test", "foreign"),
+    // On submission a foreign From: is refused outright; a login relaying through the
+    // mx listener may send one, and it then goes out unsigned.
+    for (listener, from, subject, expected) in [
+        ("submission", "alice@example.com", "signed", "250"),
+        ("submission", "alice@elsewhere.test", "refused", "550 5.7.1"),
+        ("mx", "alice@elsewhere.test", "foreign", "250"),
     ] {
-        let mut c = common::PlainClient::connect(server.addr("submission")).starttls();
+        let mut c = common::PlainClient::connect(server.addr(listener)).starttls();
         c.login("alice@example.com", common::PASSWORD);
         c.cmd("MAIL FROM:<alice@example.com>", "250");
         c.cmd("RCPT TO:<bob@remote.test>", "250");
@@ -585,7 +588,7 @@ fn mail_relayed_for_a_login_is_signed_and_verifies_with_dkimpy() {
             &format!(
                 "From: <{from}>\r\nTo: <bob@remote.test>\r\nSubject: {subject}\r\n\r\nHello.\r\n."
             ),
-            "250",
+            expected,
         );
     }
     let got = sink.wait_for(2);

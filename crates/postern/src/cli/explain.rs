@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use postern_proto::ReversePath;
 use postern_proto::address::{parse_forward_path, parse_reverse_path};
 
+use crate::attribution::UnixUser;
 use crate::auth::{Credentials, PasswdFile};
 use crate::config::{Config, Role};
 use crate::facts;
-use crate::local::attribution::UnixUser;
 use crate::policy::dkim::{self, Signatory, Signing};
 use crate::policy::{self, Submitter, Verdict};
 

@@ -28,11 +28,11 @@ use std::time::Instant;
 use chrono::Local;
 use postern_proto::{ForwardPath, Reply, ReversePath};
 
+use crate::attribution::{LocalClient, UnixUser};
 use crate::auth::AccountLimits;
 use crate::config::{Config, Limits, Role};
 use crate::context::{Context, Settings};
 use crate::facts;
-use crate::local::attribution::{LocalClient, UnixUser};
 use crate::mailauth::sign::author_domain;
 use crate::mailauth::verify::strip_forged_results;
 use crate::metrics;

@@ -12,7 +12,6 @@
 //! SMTP mail. No setuid or setgid binary exists.
 
 pub mod address_list;
-pub mod attribution;
 pub mod message;
 pub mod request;
 pub mod sendmail;

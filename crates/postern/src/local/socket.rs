@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::attribution::LocalClient;
 use super::request::{MAX_REQUEST_LINE, Request, Response, exit};
 use super::submission;
 use crate::accept_loop;
+use crate::attribution::LocalClient;
 use crate::context::{Context, Counted};
 use crate::shutdown::{SessionGuard, Shutdown};
 

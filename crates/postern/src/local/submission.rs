@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use postern_proto::{ForwardPath, Mailbox, ReversePath};
 
-use super::attribution::LocalClient;
 use super::message::Prepared;
 use super::request::{Request, Response, exit};
+use crate::attribution::LocalClient;
 use crate::context::{Context, Settings};
 use crate::facts;
 use crate::intake;
@@ -261,7 +261,7 @@ fn originating_script(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::attribution::UnixUser;
+    use crate::attribution::UnixUser;
 
     fn client() -> LocalClient {
         LocalClient {

@@ -19,12 +19,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::admission::Refusal;
+use crate::attribution::{UnixUser, canonical, is_from_this_host, local_owner};
 use crate::auth::{AccountLimits, Verification};
 use crate::config::{Listener, Role};
 use crate::context::{Context, Counted, Settings};
 use crate::facts;
 use crate::intake;
-use crate::local::attribution::{UnixUser, canonical, is_from_this_host, local_owner};
 use crate::metrics;
 use crate::policy::{self, Reason, Verdict};
 use crate::ratelimit::Measure;

@@ -1,8 +1,10 @@
-//! Who is submitting: the Unix user behind a local connection, from the kernel.
+//! Who is submitting: the Unix user behind a local connection, from the kernel. Both
+//! doors use it (the submission socket, and SMTP clients on this host), and intake
+//! carries what it found into the log and the limits.
 //!
 //! For the submission socket the kernel gives uid, gid and pid (SO_PEERCRED); the
 //! process's command line and working directory, and its parent's, come from /proc.
-//! For a TCP connection from loopback, the kernel's socket table (/proc/net/tcp, the
+//! For a TCP connection from this host, the kernel's socket table (/proc/net/tcp, the
 //! same data `ss -e` shows) says which user owns the client's socket.
 //!
 //! # Security
