@@ -7,11 +7,33 @@
 //! script cannot take every slot from the others.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
 use crate::policy::Reason;
+
+/// The name a client is counted under: its IPv4 address, or its IPv6 /64 (one
+/// customer's line or server has a whole /64, and could otherwise take a new address
+/// for every connection or failed login).
+pub fn client_key(ip: IpAddr) -> String {
+    match client_network(ip) {
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
+        v4 => v4.to_string(),
+    }
+}
+
+/// The IPv4 address, or the first address of the IPv6 /64.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Admission {
@@ -141,6 +163,18 @@ mod tests {
         );
         drop(t1);
         assert!(a.admit("198.51.100.1", &l, now).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), "2001:db8:1:2::/64");
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        assert_eq!(client_key("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7");
+        assert_eq!(client_key("192.0.2.7".parse().unwrap()), "192.0.2.7");
     }
 
     #[test]

@@ -224,6 +224,9 @@ pub struct Limits {
     pub command_timeout: u64,
     /// Seconds to wait for each block of DATA (RFC 5321 §4.5.3.2.5: 180).
     pub data_timeout: u64,
+    /// Bytes a second that DATA must keep up on average once `data_timeout` is used up;
+    /// 0 = only `data_timeout` between reads.
+    pub min_data_rate: u64,
     /// Open connections at once, over all listeners.
     pub max_connections: usize,
     /// Open connections from one client (an IP, or on loopback a Unix user).
@@ -247,6 +250,7 @@ impl Default for Limits {
             auth_block_seconds: 600,
             command_timeout: 300,
             data_timeout: 180,
+            min_data_rate: 500,
             max_connections: 1000,
             // Postfix's smtpd_client_connection_count_limit.
             max_connections_per_client: 50,

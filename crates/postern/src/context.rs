@@ -43,8 +43,11 @@ pub struct Context {
     pub started: chrono::DateTime<chrono::Utc>,
     /// Connections open now (SMTP and local submission).
     pub active: AtomicUsize,
-    /// Connection limits, total and per client.
+    /// Connection limits, total and per client, of the SMTP listeners.
     pub admission: Arc<Admission>,
+    /// The same limits for the local submission socket, counted apart: a flood of idle
+    /// SMTP connections must not make `sendmail` (PHP `mail()`) fail.
+    pub local_admission: Arc<Admission>,
 }
 
 impl Context {
@@ -58,6 +61,7 @@ impl Context {
             started: chrono::Utc::now(),
             active: AtomicUsize::new(0),
             admission: Arc::default(),
+            local_admission: Arc::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! 127.0.0.1, so there limits are kept per login and per attributed Unix user, never per
 //! IP. Time is passed in, so the counting is testable without waiting an hour.
 
+use crate::admission::{client_key, client_network};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -90,10 +91,11 @@ pub fn budgets(
             recipients: limits.uid_recipients_per_hour,
         });
     }
-    if let Some(ip) = ip.filter(|ip| !ip.is_loopback()) {
+    // An IPv6 client is counted by its /64, as connections and failed logins are.
+    if let Some(ip) = ip.map(client_network).filter(|ip| !ip.is_loopback()) {
         out.push(Budget {
             key: RateKey::Ip(ip),
-            who: format!("client {ip}"),
+            who: format!("client {}", client_key(ip)),
             messages: limits.ip_messages_per_hour,
             recipients: limits.ip_recipients_per_hour,
         });

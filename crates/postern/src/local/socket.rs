@@ -57,7 +57,10 @@ async fn handle_submission(ctx: &Context, stream: &mut UnixStream) {
     // The same connection limits as SMTP, per Unix user: the socket is open to everyone.
     let limits = &ctx.settings().config.limits;
     let key = format!("uid:{}", client.user.uid);
-    let _ticket = match ctx.admission.admit(&key, limits, std::time::Instant::now()) {
+    let _ticket = match ctx
+        .local_admission
+        .admit(&key, limits, std::time::Instant::now())
+    {
         Ok(ticket) => ticket,
         Err(refusal) => {
             tracing::info!(event = "rejected", origin = "local", uid = client.user.uid, user = %client.user.name, reason = refusal.reason().as_str());

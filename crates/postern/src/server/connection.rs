@@ -18,7 +18,7 @@ use postern_proto::{ForwardPath, Reply, ReversePath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::admission::Refusal;
+use crate::admission::{Refusal, client_key};
 use crate::attribution::{UnixUser, canonical, is_from_this_host, local_owner};
 use crate::auth::{AccountLimits, Verification};
 use crate::config::{Listener, Role};
@@ -55,6 +55,52 @@ pub struct Connection {
     logged_refusal: Option<Reply>,
     shutdown: Shutdown,
     shutting_down: bool,
+    /// When the client must have finished what the session waits for (see [`Clock`]).
+    clock: Clock,
+}
+
+/// The deadline of a session's wait. A command must be complete within
+/// `command_timeout` of the last reply, however slowly its bytes trickle in; DATA gets
+/// `data_timeout` and then as much more as its bytes earn at `min_data_rate` (never more
+/// than `data_timeout` ahead), as Postfix's `smtpd_per_record_deadline` and
+/// `smtpd_min_data_rate` do. A client sending a byte now and then cannot hold a session
+/// forever.
+struct Clock {
+    deadline: Instant,
+    /// What the deadline was set for; a change starts a new wait.
+    waiting_for: Wants,
+}
+
+impl Clock {
+    fn new(limits: &crate::config::Limits) -> Clock {
+        Clock {
+            deadline: Instant::now() + Duration::from_secs(limits.command_timeout),
+            waiting_for: Wants::Command,
+        }
+    }
+
+    fn limit(limits: &crate::config::Limits, wants: Wants) -> Duration {
+        Duration::from_secs(match wants {
+            Wants::Data => limits.data_timeout,
+            _ => limits.command_timeout,
+        })
+    }
+
+    /// A new wait starts: a reply was sent, or the session now waits for something else.
+    fn restart(&mut self, limits: &crate::config::Limits, wants: Wants) {
+        self.deadline = Instant::now() + Self::limit(limits, wants);
+        self.waiting_for = wants;
+    }
+
+    /// `read` bytes of DATA arrived: they earn time at the minimum rate.
+    fn earn(&mut self, limits: &crate::config::Limits, read: usize) {
+        if limits.min_data_rate == 0 {
+            return self.restart(limits, Wants::Data);
+        }
+        let earned = Duration::from_secs_f64(read as f64 / limits.min_data_rate as f64);
+        let cap = Instant::now() + Self::limit(limits, Wants::Data);
+        self.deadline = (self.deadline + earned).min(cap);
+    }
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -73,7 +119,7 @@ pub async fn serve(
     let owner = socket_owner(&tcp, peer).await;
     let client_key = owner
         .as_ref()
-        .map_or_else(|| peer.ip().to_string(), |o| format!("uid:{}", o.uid));
+        .map_or_else(|| client_key(peer.ip()), |o| format!("uid:{}", o.uid));
     let _ticket = match ctx
         .admission
         .admit(&client_key, &settings.config.limits, Instant::now())
@@ -101,6 +147,7 @@ pub async fn serve(
         implicit_tls,
         max_errors: MAX_ERRORS,
     });
+    let clock = Clock::new(&settings.config.limits);
     let mut conn = Connection {
         ctx,
         settings,
@@ -115,6 +162,7 @@ pub async fn serve(
         logged_refusal: None,
         shutdown,
         shutting_down: false,
+        clock,
     };
     if let Err(e) = conn.run().await {
         tracing::debug!(event = "connection_error", client = %conn.client, error = %e);
@@ -197,12 +245,17 @@ impl Connection {
     /// left, timed out, or the server is shutting down.
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         loop {
-            let limits = &self.settings.config.limits;
-            let limit = Duration::from_secs(match self.session.wants() {
-                Wants::Data => limits.data_timeout,
-                Wants::Command | Wants::Answer => limits.command_timeout,
-                Wants::Closed => return Ok(None),
-            });
+            let wants = self.session.wants();
+            if wants == Wants::Closed {
+                return Ok(None);
+            }
+            if wants != self.clock.waiting_for {
+                self.clock.restart(&self.settings.config.limits, wants);
+            }
+            let limit = self
+                .clock
+                .deadline
+                .saturating_duration_since(Instant::now());
             // A shutdown lets a message being received finish, and stops the rest at
             // the next command.
             if self.shutting_down && self.session.wants() == Wants::Command {
@@ -227,7 +280,12 @@ impl Connection {
             };
             return match outcome {
                 Ok(Ok(0)) => Ok(None),
-                Ok(Ok(n)) => Ok(Some(n)),
+                Ok(Ok(n)) => {
+                    if wants == Wants::Data {
+                        self.clock.earn(&self.settings.config.limits, n);
+                    }
+                    Ok(Some(n))
+                }
                 Ok(Err(e)) => Err(e),
                 Err(_) => {
                     tracing::info!(event = "timeout", listener = %self.listener.name, client = %self.client);
@@ -258,7 +316,12 @@ impl Connection {
             stream.flush().await
         };
         match tokio::time::timeout(limit, write).await {
-            Ok(result) => result?,
+            Ok(result) => {
+                result?;
+                // A reply went out: the client's next command has its full time.
+                let wants = self.session.wants();
+                self.clock.restart(&self.settings.config.limits, wants);
+            }
             Err(_) => {
                 tracing::info!(event = "timeout", listener = %self.listener.name, client = %self.client, msg = "client does not read its replies");
                 return Err(std::io::ErrorKind::TimedOut.into());
@@ -389,7 +452,7 @@ impl Connection {
     fn failure_key(&self) -> String {
         match &self.owner {
             Some(owner) => format!("uid:{}", owner.uid),
-            None => self.client.to_string(),
+            None => client_key(self.client),
         }
     }
 
