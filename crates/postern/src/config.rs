@@ -227,6 +227,8 @@ pub struct Limits {
     /// Bytes a second that DATA must keep up on average once `data_timeout` is used up;
     /// 0 = only `data_timeout` between reads.
     pub min_data_rate: u64,
+    /// Message bytes all sessions together may hold in memory while receiving.
+    pub max_buffered_data: usize,
     /// Open connections at once, over all listeners.
     pub max_connections: usize,
     /// Open connections from one client (an IP, or on loopback a Unix user).
@@ -251,6 +253,7 @@ impl Default for Limits {
             command_timeout: 300,
             data_timeout: 180,
             min_data_rate: 500,
+            max_buffered_data: 256 * 1024 * 1024,
             max_connections: 1000,
             // Postfix's smtpd_client_connection_count_limit.
             max_connections_per_client: 50,

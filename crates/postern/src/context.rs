@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::Admission;
 use crate::auth::Credentials;
 use crate::auth::guard::FailureGuard;
+use crate::buffer_budget::BufferBudget;
 use crate::config::Config;
 use crate::delivery::dispatcher::Dispatcher;
 use crate::mailauth::sign::Signer;
@@ -48,6 +49,8 @@ pub struct Context {
     /// The same limits for the local submission socket, counted apart: a flood of idle
     /// SMTP connections must not make `sendmail` (PHP `mail()`) fail.
     pub local_admission: Arc<Admission>,
+    /// Message bytes all sessions hold in memory, against `limits.max_buffered_data`.
+    pub buffered: Arc<BufferBudget>,
 }
 
 impl Context {
@@ -62,6 +65,7 @@ impl Context {
             active: AtomicUsize::new(0),
             admission: Arc::default(),
             local_admission: Arc::default(),
+            buffered: Arc::default(),
         }
     }
 

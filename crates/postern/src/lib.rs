@@ -13,6 +13,7 @@ pub mod accept_loop;
 pub mod admission;
 pub mod attribution;
 pub mod auth;
+pub mod buffer_budget;
 pub mod cli;
 pub mod config;
 pub mod context;

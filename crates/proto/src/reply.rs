@@ -327,6 +327,14 @@ impl Reply {
         )
     }
 
+    pub fn too_much_data_in_flight() -> Reply {
+        Reply::new(
+            452,
+            Enhanced(4, 3, 1),
+            "Insufficient system storage: too much mail is arriving at once; try again later",
+        )
+    }
+
     pub fn nul_in_data() -> Reply {
         Reply::new(
             550,

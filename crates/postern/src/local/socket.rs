@@ -16,6 +16,7 @@ use super::request::{MAX_REQUEST_LINE, Request, Response, exit};
 use super::submission;
 use crate::accept_loop;
 use crate::attribution::LocalClient;
+use crate::buffer_budget::Held;
 use crate::context::{Context, Counted};
 use crate::shutdown::{SessionGuard, Shutdown};
 
@@ -71,8 +72,12 @@ async fn handle_submission(ctx: &Context, stream: &mut UnixStream) {
             return respond(stream, &r).await;
         }
     };
-    let max = ctx.settings().config.limits.max_message_size;
-    let received = tokio::time::timeout(READ_TIMEOUT, read_submission(stream, max)).await;
+    let limits = &ctx.settings().config.limits;
+    let (max, max_buffered) = (limits.max_message_size, limits.max_buffered_data);
+    // Held until the answer is written: the message is in memory until then.
+    let mut held = ctx.buffered.share();
+    let reading = read_submission(stream, max, &mut held, max_buffered);
+    let received = tokio::time::timeout(READ_TIMEOUT, reading).await;
     let response = match received {
         Err(_) => Response::new(
             exit::TEMPORARY,
@@ -97,6 +102,8 @@ async fn peer(stream: &UnixStream) -> Option<LocalClient> {
 async fn read_submission(
     stream: &mut UnixStream,
     max_message: usize,
+    held: &mut Held,
+    max_buffered: usize,
 ) -> Result<(Request, Vec<u8>), Response> {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -115,12 +122,24 @@ async fn read_submission(
         .map_err(|e| Response::new(exit::USAGE, format!("malformed request: {e}")))?;
     let mut message = Vec::new();
     // One byte over the limit is enough to know it is too big.
-    let limit = max_message as u64 + 1;
-    (&mut reader)
-        .take(limit)
-        .read_to_end(&mut message)
-        .await
-        .map_err(|e| Response::new(exit::TEMPORARY, format!("reading the message: {e}")))?;
+    let mut limited = (&mut reader).take(max_message as u64 + 1);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = limited
+            .read(&mut chunk)
+            .await
+            .map_err(|e| Response::new(exit::TEMPORARY, format!("reading the message: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if !held.grow(n, max_buffered) {
+            return Err(Response::new(
+                exit::TEMPORARY,
+                "the server is receiving too much mail at once; try again in a moment",
+            ));
+        }
+        message.extend_from_slice(&chunk[..n]);
+    }
     if message.len() > max_message {
         return Err(Response::new(
             exit::DATA_ERROR,

@@ -43,6 +43,7 @@ pub enum Reason {
     DmarcReject,
     DkimFailed,
     SpoolFailed,
+    BufferFull,
     // Connection limits.
     TooManyConnections,
     TooManyConnectionsFromClient,
@@ -76,6 +77,7 @@ impl Reason {
             Reason::DmarcReject => "dmarc_reject",
             Reason::DkimFailed => "dkim_failed",
             Reason::SpoolFailed => "spool_failed",
+            Reason::BufferFull => "buffer_full",
             Reason::TooManyConnections => "too_many_connections",
             Reason::TooManyConnectionsFromClient => "too_many_connections_from_client",
             Reason::ConnectionRate => "connection_rate",
@@ -120,6 +122,7 @@ impl Reason {
                 "the message could not be DKIM-signed, and is never sent unsigned"
             }
             Reason::SpoolFailed => "the message could not be stored",
+            Reason::BufferFull => "too much mail was arriving at once (limits.max_buffered_data)",
             Reason::TooManyConnections => "the server has reached its connection limit",
             Reason::TooManyConnectionsFromClient => "this client has too many connections open",
             Reason::ConnectionRate => "this client opens connections too fast",
@@ -164,6 +167,9 @@ impl Reason {
                 "fix the client's SMTP dialogue"
             }
             Reason::DmarcReject => "the author's domain must sign or publish SPF for its mail",
+            Reason::BufferFull => {
+                "the client retries by itself; raise limits.max_buffered_data if this is frequent"
+            }
             Reason::DkimFailed | Reason::SpoolFailed => {
                 "see the server log for the error; the client retries by itself"
             }

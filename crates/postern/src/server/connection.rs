@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use crate::admission::{Refusal, client_key};
 use crate::attribution::{UnixUser, canonical, is_from_this_host, local_owner};
 use crate::auth::{AccountLimits, Verification};
+use crate::buffer_budget::Held;
 use crate::config::{Listener, Role};
 use crate::context::{Context, Counted, Settings};
 use crate::facts;
@@ -57,6 +58,8 @@ pub struct Connection {
     shutting_down: bool,
     /// When the client must have finished what the session waits for (see [`Clock`]).
     clock: Clock,
+    /// The bytes of the message being received, held against the server's budget.
+    buffered: Held,
 }
 
 /// The deadline of a session's wait. A command must be complete within
@@ -148,6 +151,7 @@ pub async fn serve(
         max_errors: MAX_ERRORS,
     });
     let clock = Clock::new(&settings.config.limits);
+    let buffered = ctx.buffered.share();
     let mut conn = Connection {
         ctx,
         settings,
@@ -163,6 +167,7 @@ pub async fn serve(
         shutdown,
         shutting_down: false,
         clock,
+        buffered,
     };
     if let Err(e) = conn.run().await {
         tracing::debug!(event = "connection_error", client = %conn.client, error = %e);
@@ -213,12 +218,39 @@ impl Connection {
             if !self.act().await? {
                 return Ok(());
             }
+            // Stored, refused or never started: no message is held in memory.
+            if self.session.wants() != Wants::Data {
+                self.buffered.release();
+            }
             self.flush().await?;
             let Some(n) = self.read(&mut buf).await? else {
                 return Ok(());
             };
+            if !self.buffer(n) {
+                return self.refuse_data().await;
+            }
             self.session.handle_bytes(&buf[..n]);
         }
+    }
+
+    /// Holds `n` more bytes of DATA against the server's budget (nothing for commands).
+    /// False when the budget is spent.
+    fn buffer(&mut self, n: usize) -> bool {
+        if self.session.wants() != Wants::Data {
+            return true;
+        }
+        let limit = self.settings.config.limits.max_buffered_data;
+        self.buffered.grow(n, limit)
+    }
+
+    /// Too much mail is arriving at once: this message is refused for now and the
+    /// connection closed, which frees what it held.
+    async fn refuse_data(&mut self) -> std::io::Result<()> {
+        let reply = Reply::too_much_data_in_flight();
+        tracing::warn!(event = "rejected", listener = %self.listener.name, client = %self.client, reason = Reason::BufferFull.as_str(), buffered = self.ctx.buffered.used());
+        metrics::message_rejected(Reason::BufferFull.as_str());
+        self.out.extend_from_slice(&reply.to_bytes());
+        self.flush().await
     }
 
     /// Drains the session's actions. Returns false when the connection must close.
