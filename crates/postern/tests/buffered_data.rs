@@ -80,7 +80,7 @@ fn concurrent_large_transfers_stay_within_the_buffer_budget() {
     assert!(
         refused > 0,
         "{} MB at once with an 8 MiB budget: some transfers must be refused",
-        CLIENTS * EACH >> 20
+        (CLIENTS * EACH) >> 20
     );
     let grown_mib = during.saturating_sub(before) / 1024;
     // 8 MiB of budget, buffers that grow by doubling, and the clients' socket buffers:
@@ -88,7 +88,7 @@ fn concurrent_large_transfers_stay_within_the_buffer_budget() {
     assert!(
         grown_mib < 48,
         "the server grew by {grown_mib} MiB while {} MB were in flight",
-        CLIENTS * EACH >> 20
+        (CLIENTS * EACH) >> 20
     );
     assert!(server.log_text().contains("reason=buffer_full"));
     // Once they are gone, mail flows again.
