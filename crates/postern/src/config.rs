@@ -715,6 +715,20 @@ fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
                 .into(),
         ));
     }
+    let mut bound = std::collections::HashMap::new();
+    // Port 0 is "any free port": two of those never collide.
+    for l in config.listeners.iter().filter(|l| l.addr.port() != 0) {
+        if let Some(other) = bound.insert(l.addr, &l.name) {
+            return Err(error(
+                line_of_value(text, "name", &l.name, 0),
+                format!(
+                    "listeners {other:?} and {:?} both bind {}; give each its own address or port",
+                    l.name, l.addr
+                ),
+            ));
+        }
+    }
+    validate_data_dir(config, &invalid)?;
     let limits = &config.limits;
     for (key, value) in [
         ("max_message_size", limits.max_message_size as u64),
@@ -734,9 +748,164 @@ fn validate(config: &Config, text: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `data_dir` is handed to the service user at start: it must not be `/`, and must not
+/// hold the passwd-file or the configuration, which the service user could then replace.
+fn validate_data_dir(
+    config: &Config,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let data_dir = normalized(&config.data_dir);
+    if data_dir.parent().is_none() {
+        return Err(invalid(
+            "data_dir",
+            format!(
+                "data_dir = {:?}: the server gives its data directory to the service user; use a directory of its own, e.g. \"{DEFAULT_DATA_DIR}\"",
+                config.data_dir.display()
+            ),
+        ));
+    }
+    let config_file = match &config.source {
+        Source::File(path) => Some(path.clone()),
+        Source::Defaults => None,
+    };
+    for (what, path) in [
+        ("the passwd-file", Some(config.passwd_file.clone())),
+        ("the configuration file", config_file),
+    ] {
+        let Some(path) = path else { continue };
+        if normalized(&path).starts_with(&data_dir) {
+            return Err(invalid(
+                "data_dir",
+                format!(
+                    "{what} {} is inside data_dir {}, which the service user owns and could replace it in; move it out (e.g. to /etc/postern/)",
+                    path.display(),
+                    config.data_dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The path made absolute against the current directory, with `.` and `..` resolved by
+/// name (nothing is followed: the files may not exist yet).
+fn normalized(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/"))
+            .join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// What is allowed but probably wrong, one `(line, text)` each: printed by
+/// `check-config`, logged by `serve`.
+pub fn warnings(config: &Config, text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let template = &config.maildir;
+    if config.local_domains.len() > 1
+        && template.contains("%n")
+        && !template.contains("%d")
+        && !template.contains("%u")
+    {
+        out.push((
+            line_of_key(text, "maildir"),
+            format!(
+                "delivery.maildir {template:?} has %n but not %d while {} domains are local: alice@ each of them would share one Maildir",
+                config.local_domains.len()
+            ),
+        ));
+    }
+    if let Some(local) = &config.local_submission
+        && let Some(dir) = local.socket.parent()
+        && is_world_writable(dir)
+    {
+        out.push((
+            line_of_key(text, "socket"),
+            format!(
+                "local_submission.socket is in {}, which every user may write: another user could put its own socket there first; use e.g. /run/postern/submit.sock",
+                dir.display()
+            ),
+        ));
+    }
+    if let Some(metrics) = &config.metrics
+        && !metrics.addr.ip().is_loopback()
+    {
+        out.push((
+            line_of_key(text, "addr"),
+            format!(
+                "metrics.addr {} is not loopback: anyone who reaches it reads your queue and traffic figures; bind 127.0.0.1 and scrape through a proxy or tunnel",
+                metrics.addr
+            ),
+        ));
+    }
+    out
+}
+
+fn is_world_writable(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_dir_may_not_be_root_or_hold_the_passwd_file() {
+        let root = format!("data_dir = \"/\"\n{MINIMAL}");
+        let e = parse(&root).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:1: data_dir = \"/\""), "{e}");
+        let holds = format!(
+            "data_dir = \"/var/lib/postern\"\n[auth]\npasswd_file = \"/var/lib/postern/../postern/passwd\"\n{MINIMAL}"
+        );
+        let e = parse(&holds).unwrap_err().to_string();
+        assert!(e.contains("the passwd-file"), "{e}");
+        let fine = format!(
+            "data_dir = \"/var/lib/postern\"\n[auth]\npasswd_file = \"/etc/postern/passwd\"\n{MINIMAL}"
+        );
+        assert!(parse(&fine).is_ok());
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let text = format!(
+            "{MINIMAL}[[listener]]\nname = \"other\"\naddr = \"127.0.0.1:25\"\nrole = \"submission\"\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("both bind 127.0.0.1:25"), "{e}");
+    }
+
+    #[test]
+    fn risky_settings_are_warned_about() {
+        let text = format!(
+            "local_domains = [\"a.example\", \"b.example\"]\n{MINIMAL}[delivery]\nmaildir = \"/var/vmail/%n/Maildir\"\n[local_submission]\nsocket = \"/tmp/submit.sock\"\n[metrics]\naddr = \"0.0.0.0:9187\"\n"
+        );
+        let config = parse(&text).unwrap();
+        let said: Vec<String> = warnings(&config, &text)
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect();
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[0].contains("share one Maildir"));
+        assert!(said[1].contains("/tmp"));
+        assert!(said[2].contains("not loopback"));
+        let quiet = parse(MINIMAL).unwrap();
+        assert!(warnings(&quiet, MINIMAL).is_empty());
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))

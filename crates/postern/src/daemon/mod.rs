@@ -48,6 +48,12 @@ pub fn run(explicit: Option<&Path>) -> anyhow::Result<()> {
         Source::File(path) => tracing::info!(event = "starting", config = %path.display()),
     }
     let config = Config::load(&source)?;
+    if let Source::File(path) = &source {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for (line, warning) in crate::config::warnings(&config, &text) {
+            tracing::warn!(event = "config_warning", file = %path.display(), line, msg = %warning);
+        }
+    }
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
