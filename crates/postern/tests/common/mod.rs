@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod sink;
+pub mod strace;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -437,8 +438,34 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// True when every requirement is there. Otherwise: under CI, fails the test; else
-/// prints that the test is skipped, and the caller returns.
+/// Whether the tests run in CI: `CI` is set to anything but empty, `0` or `false`
+/// (`.ci/run` sets `CI=true`, as GitHub Actions and GitLab do). The one rule for "in CI"
+/// in every test.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        )
+    })
+}
+
+/// For a test that cannot run here (`why`: a tool is missing, the tests do not run as
+/// root). Under CI this fails the test: CI must run everything. Elsewhere it prints
+/// `SKIPPED test: why` past libtest's output capture, and the caller returns. (Stable
+/// Rust cannot mark a test ignored at run time, so libtest still says `ok`: the SKIPPED
+/// line is the report.)
+pub fn skip_or_fail(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: {why}, and CI is set, so this test may not be skipped");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why} (under CI=true this is a failure)"
+    );
+}
+
+/// True when every requirement is there; otherwise see [`skip_or_fail`].
 pub fn available(test: &str, requirements: &[(&str, Option<PathBuf>)]) -> bool {
     let missing: Vec<&str> = requirements
         .iter()
@@ -448,18 +475,23 @@ pub fn available(test: &str, requirements: &[(&str, Option<PathBuf>)]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let missing = missing.join(", ");
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{test}: {missing} not installed, and CI is set, so this test may not be skipped \
-             (apt-get install -y php-cli libphp-phpmailer curl python3 fail2ban)"
-        );
-    }
-    // Straight to stderr, past libtest's output capture, so the skip is always seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {missing} not installed (set CI to make this a failure)"
+    skip_or_fail(
+        test,
+        &format!(
+            "{} not installed (apt-get install -y php-cli libphp-phpmailer curl python3 fail2ban strace)",
+            missing.join(", ")
+        ),
     );
+    false
+}
+
+/// True when the tests run as root; otherwise see [`skip_or_fail`]. `what` says what
+/// needs it.
+pub fn root(test: &str, what: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    skip_or_fail(test, &format!("{what} needs root"));
     false
 }
 
@@ -550,6 +582,11 @@ impl TcpBacked for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
 pub type TlsClient = Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
 
 impl PlainClient {
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().expect("local address")
+    }
+
     /// Connects and reads the greeting.
     pub fn connect(addr: SocketAddr) -> PlainClient {
         let tcp = TcpStream::connect(addr).expect("connect");
