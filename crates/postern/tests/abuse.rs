@@ -124,8 +124,8 @@ fn failed_logins_are_answered_more_and_more_slowly() {
     for _ in 0..4 {
         c.cmd(&format!("AUTH PLAIN {wrong}"), "535");
     }
-    let delays = auth_failure_delays(&server);
-    assert_eq!(delays, ["0", "500", "1000", "1500"]);
+    server.wait_for_lines("event=auth_failed", 4);
+    assert_eq!(auth_failure_delays(&server), ["0", "500", "1000", "1500"]);
     // A success resets the count: the next typo costs nothing again.
     c.login("alice@example.com", PASSWORD);
     let mut d = PlainClient::connect(server.addr("submission")).starttls();
@@ -151,10 +151,10 @@ fn guessing_one_login_from_several_clients_slows_down_too() {
     );
     let out = common::python_as("posterntest", &script);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "535");
-    let delays = auth_failure_delays(&server);
     // smtplib tries PLAIN, then LOGIN: two more failures from the second client, slowed
     // by the login's count (counted per client alone they would be 0 and 500).
-    assert_eq!(delays, ["0", "500", "1000", "1500"]);
+    server.wait_for_lines("event=auth_failed", 4);
+    assert_eq!(auth_failure_delays(&server), ["0", "500", "1000", "1500"]);
 }
 
 /// The `delay_ms` of every `event=auth_failed` line so far, in order.

@@ -301,6 +301,19 @@ socket = "{d}/run/submit.sock"
         self.wait_for_log_after(0, needle)
     }
 
+    /// Waits until at least `count` log lines contain `needle`; returns all of them then
+    /// (fewer if the timeout passed first, so that the caller's assertion says so).
+    pub fn wait_for_lines(&self, needle: &str, count: usize) -> Vec<String> {
+        let lines = || -> Vec<String> {
+            self.log_lines()
+                .into_iter()
+                .filter(|l| l.contains(needle))
+                .collect()
+        };
+        wait_until(|| lines().len() >= count);
+        lines()
+    }
+
     fn wait_for_log_after(&self, skip: usize, needle: &str) -> Option<String> {
         let (tx, rx) = mpsc::channel();
         *self.new_line.lock().unwrap() = Some(tx);
