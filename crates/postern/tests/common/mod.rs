@@ -38,6 +38,10 @@ pub struct Setup {
     pub extra: String,
     /// Environment variables for `postern serve`.
     pub env: Vec<(String, String)>,
+    /// Run `serve` with its own view of `/etc/resolv.conf`, naming only a loopback
+    /// address where nothing answers: every DNS lookup fails at once, and none leaves
+    /// the machine (root only; see [`Server::start_setup`]).
+    pub dns_offline: bool,
 }
 
 pub struct Server {
@@ -128,6 +132,7 @@ maildir = "{d}/{maildir}"
 
 [local_submission]
 socket = "{d}/run/submit.sock"
+{inbound}
 {extra}
 "#,
             domain = self.domain(),
@@ -143,6 +148,14 @@ socket = "{d}/run/submit.sock"
                 .maildir
                 .as_deref()
                 .unwrap_or("mail/%d/%n/Maildir"),
+            // SPF, DKIM and DMARC checks of MX mail ask the system's DNS: only the tests
+            // about them turn them on (with `dns_offline`), so that no test needs the
+            // network.
+            inbound = if self.setup.extra.contains("[inbound]") {
+                ""
+            } else {
+                "[inbound]\nverify = false\n"
+            },
             extra = self.setup.extra,
         );
         std::fs::write(self.config_path(), config).expect("write config");
@@ -179,7 +192,25 @@ socket = "{d}/run/submit.sock"
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(BIN)
+        let mut command = if self.setup.dns_offline {
+            // A private mount namespace where /etc/resolv.conf is ours; `exec` keeps the
+            // process ID, so signals reach the server.
+            let resolv = self.dir.path().join("resolv.conf");
+            std::fs::write(
+                &resolv,
+                "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            )
+            .expect("write resolv.conf");
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+                .arg(&resolv)
+                .arg(BIN);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(self.config_path())
             .envs(self.setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
