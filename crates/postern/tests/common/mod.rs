@@ -539,11 +539,14 @@ pub fn root(test: &str, what: &str) -> bool {
     false
 }
 
-/// A Unix user for tests that need an unprivileged sender, created when missing.
-/// `None` (with a message on stderr) when the tests do not run as root.
+/// A Unix user for tests that need an unprivileged sender or a service user, created
+/// (once, as a system user without a home) when missing, and left in place for the next
+/// run: `userdel posterntest` removes it (see README.md). Needs root: otherwise see
+/// [`skip_or_fail`], and `None`.
 pub fn test_user(name: &str) -> Option<u32> {
-    if !nix::unistd::getuid().is_root() {
-        eprintln!("SKIPPED: creating the test user {name} needs root");
+    // libtest names each test's thread after the test.
+    let test = std::thread::current().name().unwrap_or("test").to_string();
+    if !root(&test, &format!("creating the Unix user {name}")) {
         return None;
     }
     static CREATING: Mutex<()> = Mutex::new(());
@@ -556,17 +559,26 @@ pub fn test_user(name: &str) -> Option<u32> {
                 "--shell",
                 "/usr/sbin/nologin",
                 "--comment",
-                "Postern Test",
+                "postern tests (userdel posterntest removes it)",
             ])
             .arg(name)
             .status()
             .expect("useradd");
-        assert!(status.success(), "useradd {name} failed");
+        // 9: made meanwhile by another test process.
+        assert!(
+            status.success() || status.code() == Some(9),
+            "useradd {name} failed"
+        );
     }
     nix::unistd::User::from_name(name)
         .ok()
         .flatten()
         .map(|u| u.uid.as_raw())
+}
+
+/// The Unix user the tests run as, as the server sees a loopback client.
+pub fn my_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
 }
 
 /// Runs a Python script as the Unix user `user` (see `test_user`), for clients that
