@@ -739,11 +739,13 @@ impl<S: Read + Write + TcpBacked> Client<S> {
         self.expect(prefix)
     }
 
-    /// True when the server closed the connection: EOF or a reset within two seconds.
-    /// A read that times out means the connection is still open.
+    /// True when the server closes the connection: EOF or a reset, waited for as long
+    /// as any other reply (so a slow server still passes). False when a byte arrives
+    /// instead, or nothing happens for that long. Only for connections the server is
+    /// expected to close: an open one costs the whole wait.
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
-        self.set_timeout(Duration::from_secs(2));
+        self.set_timeout(READY_TIMEOUT);
         let closed = match self.reader.read(&mut buf) {
             Ok(0) => true,
             Ok(_) => false,
