@@ -12,7 +12,9 @@ fn the_fail2ban_filter_matches_real_auth_failures_and_nothing_else() {
     ) {
         return;
     }
-    let server = Server::start_with("[limits]\nauth_failures_before_block = 3\n");
+    let server = Server::start_with(
+        "[limits]\nauth_failures_before_block = 3\nauth_failure_delay_ms = 10\n",
+    );
     let mut c = PlainClient::connect(server.addr("submission")).starttls();
     // The second login name tries to plant another client= in the line.
     for login in ["alice@example.com", "x client=10.9.9.9", "bob@example.com"] {

@@ -373,7 +373,8 @@ fn queue_commands_list_flush_and_delete_on_the_running_server() {
 #[test]
 fn consecutive_messages_to_one_server_reuse_the_connection() {
     let sink = Sink::start(Script::default());
-    let server = start(&[("remote.test", &sink)], "");
+    // Kept open far longer than the test takes, however slow the machine.
+    let server = start(&[("remote.test", &sink)], "connection_idle = \"1h\"");
     for i in 0..3 {
         submit(
             &server,

@@ -66,11 +66,12 @@ pub async fn deliver_domain(
         let relay = target_label(target);
         // A connection left open by the previous message to this host saves a
         // handshake; if the server has closed it meanwhile, connect afresh.
-        if let Some(mut idle) = d.pool.take(target.addr)
+        let keep = config.outbound.connection_idle;
+        if let Some(mut idle) = d.pool.take(target.addr, keep)
             && let Ok(outcomes) = idle.transact(d, target, &envelope, message).await
         {
             if idle.ready {
-                d.pool.put(target.addr, idle);
+                d.pool.put(target.addr, idle, keep);
             }
             return outcomes;
         }
@@ -98,27 +99,27 @@ pub struct ConnectionPool {
     idle: std::sync::Mutex<HashMap<SocketAddr, Vec<(Outbound, Instant)>>>,
 }
 
-/// How long an idle connection is kept; servers close idle clients after a while.
-const IDLE_TIME: Duration = Duration::from_secs(5);
 /// Idle connections kept per address.
 const IDLE_PER_TARGET: usize = 4;
 
 impl ConnectionPool {
-    fn take(&self, addr: SocketAddr) -> Option<Outbound> {
+    /// An idle connection to `addr` used less than `keep` ago.
+    fn take(&self, addr: SocketAddr, keep: Duration) -> Option<Outbound> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < IDLE_TIME {
+            if since.elapsed() < keep {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, conn: Outbound) {
+    /// Keeps `conn` for the next message, and drops connections idle for `keep`.
+    fn put(&self, addr: SocketAddr, conn: Outbound, keep: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         for list in idle.values_mut() {
-            list.retain(|(_, since)| since.elapsed() < IDLE_TIME);
+            list.retain(|(_, since)| since.elapsed() < keep);
         }
         idle.retain(|_, list| !list.is_empty());
         let list = idle.entry(addr).or_default();
@@ -191,7 +192,7 @@ async fn attempt(
         .await
         .map_err(|_| AttemptError::Timeout("for the whole transaction"))??;
     if conn.ready {
-        d.pool.put(target.addr, conn);
+        d.pool.put(target.addr, conn, outbound.connection_idle);
     } else {
         conn.close().await;
     }
