@@ -272,7 +272,7 @@ fn dir_sync_between<'t>(
 }
 
 /// The spool's commit of `id`: file synced, renamed to `ID.msg`, queue directory
-/// synced, all before the `250`. Returns the name the file had before the rename.
+/// synced, all before `ack` (the `250`, or the answer to `sendmail`). Returns the name the file had before the rename.
 fn assert_committed_durably(server: &Server, trace: &Trace, ack: &Call, id: &str) -> String {
     let queue = server.data_dir().join("queue").display().to_string();
     let msg = format!("{queue}/{id}.msg");
@@ -282,7 +282,7 @@ fn assert_committed_durably(server: &Server, trace: &Trace, ack: &Call, id: &str
         .unwrap_or_else(|| panic!("no rename to {msg}:\n{}", context()));
     assert!(
         rename.end < ack.start,
-        "the 250 was written before the commit's rename:\n{}",
+        "the acknowledgement was written before the commit's rename:\n{}",
         context()
     );
     let from = rename.strings()[0].to_string();
@@ -293,7 +293,7 @@ fn assert_committed_durably(server: &Server, trace: &Trace, ack: &Call, id: &str
     );
     assert!(
         dir_sync_between(trace, &queue, rename.end, ack.start).is_some(),
-        "the queue directory was not synced between the rename and the 250:\n{}",
+        "the queue directory was not synced between the rename and the acknowledgement:\n{}",
         context()
     );
     from
@@ -435,4 +435,48 @@ fn queued_mail_is_synced_before_the_250_and_leaves_the_queue_only_once_delivered
         written.contains("/queue/free-"),
         "the second message reused a finished file: {written}"
     );
+}
+
+#[test]
+fn sendmail_is_answered_only_after_the_same_syncs() {
+    let test = "sendmail_is_answered_only_after_the_same_syncs";
+    let server = Server::start();
+    let Some(strace) = trace(&server, test) else {
+        return;
+    };
+    // A local recipient (delivered at once), then a remote one (queued).
+    for rcpt in ["alice@example.com", "someone@remote.test"] {
+        let out = server.sendmail(None, &[rcpt], b"Subject: local door\n\nx\n");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let trace = strace.finish();
+    // The server's answers on the submission socket, in order: `… queued as ID …`.
+    let answers: Vec<(&Call, String)> = trace
+        .calls
+        .iter()
+        .filter(|c| c.is_write() && c.fd_target().is_some_and(|t| t.contains("submit.sock")))
+        .filter_map(|c| {
+            let (_, after) = c.args.split_once("queued as ")?;
+            let id: String = after.chars().take_while(char::is_ascii_hexdigit).collect();
+            Some((c, id))
+        })
+        .collect();
+    assert_eq!(
+        answers.len(),
+        2,
+        "two answers on the submission socket:\n{}",
+        lines_with(&trace, "submit.sock")
+    );
+    let (local, remote) = (&answers[0], &answers[1]);
+    assert_delivered_durably(
+        &trace,
+        &server.maildir("alice@example.com"),
+        local.0.start,
+        "the answer to sendmail",
+    );
+    assert_committed_durably(&server, &trace, remote.0, &remote.1);
 }
