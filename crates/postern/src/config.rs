@@ -41,6 +41,14 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
+    #[error(
+        "{path}: owned by uid {owner}, neither root nor you (uid {caller}): not read, because whoever owns it could redirect your mail; chown it, or name another file with --config"
+    )]
+    Untrusted {
+        path: String,
+        owner: u32,
+        caller: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -86,12 +94,30 @@ pub struct Tls {
 #[serde(deny_unknown_fields)]
 struct AuthFile {
     passwd_file: Option<PathBuf>,
+    #[serde(default)]
+    sender_scope: SenderScope,
+}
+
+/// What a login may send as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderScope {
+    /// Its own address only.
+    #[default]
+    Login,
+    /// Any address of its own domain (what hosting panels let a customer's logins do:
+    /// WordPress sends as `wordpress@its-domain`).
+    Domain,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalSubmission {
     pub socket: PathBuf,
+    /// What a Unix user (by name) may send as beyond the mailboxes carrying its uid:
+    /// domains (any address there) and addresses.
+    #[serde(default)]
+    pub senders: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -326,6 +352,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub tls: Option<Tls>,
     pub passwd_file: PathBuf,
+    /// What a login may send as (`[auth] sender_scope`).
+    pub sender_scope: SenderScope,
     pub local_submission: Option<LocalSubmission>,
     pub maildir: String,
     /// The Unix user owning Maildir files when the passwd-file line gives no uid/gid.
@@ -345,6 +373,15 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/postern";
 pub const DEV_DATA_DIR: &str = "./postern-data";
 
 impl Config {
+    /// `[local_submission.senders]` for a Unix user: the domains and addresses it may
+    /// send as beyond its own mailboxes.
+    pub fn local_sender_grants(&self, user: &str) -> &[String] {
+        self.local_submission
+            .as_ref()
+            .and_then(|l| l.senders.get(user))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// Finds the configuration: `explicit`, then `$POSTERN_CONFIG`, then
     /// `./postern.toml`, then `/etc/postern/postern.toml`, else the built-in defaults.
     pub fn locate(explicit: Option<&Path>) -> Source {
@@ -354,12 +391,27 @@ impl Config {
         if let Some(p) = std::env::var_os("POSTERN_CONFIG").filter(|p| !p.is_empty()) {
             return Source::File(PathBuf::from(p));
         }
-        for candidate in ["postern.toml", SYSTEM_CONFIG] {
-            if Path::new(candidate).exists() {
-                return Source::File(PathBuf::from(candidate));
-            }
+        if let Some(local) = Self::own_file_in_current_dir() {
+            return Source::File(local);
+        }
+        if Path::new(SYSTEM_CONFIG).exists() {
+            return Source::File(PathBuf::from(SYSTEM_CONFIG));
         }
         Source::Defaults
+    }
+
+    /// `./postern.toml`, only for a caller that is not root and only when the caller
+    /// owns it: in a directory others can write (a site's upload folder, /tmp), a file
+    /// planted there must not decide where root's or anyone's mail goes.
+    fn own_file_in_current_dir() -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt as _;
+        let caller = nix::unistd::geteuid();
+        if caller.is_root() {
+            return None;
+        }
+        let path = Path::new("postern.toml");
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        (meta.is_file() && meta.uid() == caller.as_raw()).then(|| path.to_path_buf())
     }
 
     pub fn load(source: &Source) -> Result<Config, ConfigError> {
@@ -370,6 +422,7 @@ impl Config {
                     path: path.display().to_string(),
                     source: e,
                 })?;
+                ensure_trusted_owner(path)?;
                 Config::parse(&text, path)
             }
         }
@@ -411,6 +464,7 @@ impl Config {
                 .auth
                 .passwd_file
                 .unwrap_or_else(|| PathBuf::from("/etc/postern/passwd")),
+            sender_scope: file.auth.sender_scope,
             local_submission: file.local_submission,
             maildir: file
                 .delivery
@@ -451,8 +505,10 @@ impl Config {
             ],
             tls: None,
             passwd_file: data_dir.join("passwd"),
+            sender_scope: SenderScope::default(),
             local_submission: Some(LocalSubmission {
                 socket: data_dir.join("submit.sock"),
+                senders: BTreeMap::new(),
             }),
             maildir: format!("{}/mail/%d/%n/Maildir", data_dir.display()),
             maildir_owner: None,
@@ -540,6 +596,25 @@ pub fn system_hostname() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A configuration is read only when root or the caller owns it: one owned by anyone
+/// else could send the caller's mail (root's included) wherever its owner likes.
+fn ensure_trusted_owner(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let caller = nix::unistd::geteuid().as_raw();
+    if meta.uid() == 0 || meta.uid() == caller {
+        return Ok(());
+    }
+    Err(ConfigError::Untrusted {
+        path: path.display().to_string(),
+        owner: meta.uid(),
+        caller,
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

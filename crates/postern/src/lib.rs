@@ -1,19 +1,27 @@
 //! postern: a mail server for shared hosting.
 //!
-//! Mail comes in over SMTP (authenticated submission, or the MX role for local
-//! domains), passes the [`policy`], is stored durably by the [`queue`] spool, and is
-//! delivered by [`delivery`]. The protocol itself lives, without I/O, in
-//! `postern-proto`. See `docs/flow.md`.
+//! Mail comes in through one of two doors — SMTP ([`server`]: authenticated submission,
+//! or the MX role for local domains) and the local submission socket ([`local`]) —
+//! passes the [`policy`], and ends in one [`intake`], which delivers it at once or
+//! commits it to the [`queue`] spool for [`delivery`]. The [`daemon`] builds and starts
+//! all of it. The protocol itself lives, without I/O, in `postern-proto`. See
+//! `docs/flow.md`.
 
 #![forbid(unsafe_code)]
 
+pub mod accept_loop;
+pub mod admission;
+pub mod attribution;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod context;
+pub mod control;
+pub mod daemon;
 pub mod delivery;
+pub mod dns;
 pub mod facts;
 pub mod group_commit;
-pub mod headers;
 pub mod intake;
 pub mod local;
 pub mod logfmt;
@@ -25,4 +33,6 @@ pub mod privileges;
 pub mod queue;
 pub mod ratelimit;
 pub mod server;
+pub mod shutdown;
 pub mod stream;
+pub mod unix_socket;

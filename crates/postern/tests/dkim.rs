@@ -572,11 +572,14 @@ fn mail_relayed_for_a_login_is_signed_and_verifies_with_dkimpy() {
         .map(parse_record)
         .collect();
 
-    for (from, subject) in [
-        ("alice@example.com", "signed"),
-        ("alice@elsewhere.test", "foreign"),
+    // On submission a foreign From: is refused outright; a login relaying through the
+    // mx listener may send one, and it then goes out unsigned.
+    for (listener, from, subject, expected) in [
+        ("submission", "alice@example.com", "signed", "250"),
+        ("submission", "alice@elsewhere.test", "refused", "550 5.7.1"),
+        ("mx", "alice@elsewhere.test", "foreign", "250"),
     ] {
-        let mut c = common::PlainClient::connect(server.addr("submission")).starttls();
+        let mut c = common::PlainClient::connect(server.addr(listener)).starttls();
         c.login("alice@example.com", common::PASSWORD);
         c.cmd("MAIL FROM:<alice@example.com>", "250");
         c.cmd("RCPT TO:<bob@remote.test>", "250");
@@ -585,7 +588,7 @@ fn mail_relayed_for_a_login_is_signed_and_verifies_with_dkimpy() {
             &format!(
                 "From: <{from}>\r\nTo: <bob@remote.test>\r\nSubject: {subject}\r\n\r\nHello.\r\n."
             ),
-            "250",
+            expected,
         );
     }
     let got = sink.wait_for(2);
@@ -613,4 +616,84 @@ fn mail_relayed_for_a_login_is_signed_and_verifies_with_dkimpy() {
         "a login signs only for its own domain"
     );
     server.wait_for_log("event=dkim_skipped").unwrap();
+}
+
+/// Intake's rule for local mail: a Unix user's mail is signed only for the domains of
+/// the mailboxes whose account carries its uid; anything else goes out unsigned.
+#[test]
+fn local_mail_is_signed_only_for_domains_the_uid_owns() {
+    let Some(uid) = common::test_user("posterntest") else {
+        return;
+    };
+    let server = common::Server::start();
+    let out = server.cli(
+        &[
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.com",
+            "--selector",
+            "s1",
+            "--algorithm",
+            "ed25519",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let table = &printed[printed.find("[[dkim]]").expect("a [[dkim]] table")..];
+    let mut config = std::fs::read_to_string(server.config_path()).unwrap();
+    config.push('\n');
+    config.push_str(table);
+    std::fs::write(server.config_path(), config).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("event=reloaded").expect("reloaded");
+
+    let send = |subject: &str| {
+        let message = format!(
+            "From: <alice@example.com>\nTo: <bob@example.com>\nSubject: {subject}\n\nHello.\n"
+        );
+        let out = server.sendmail(Some("posterntest"), &["-t", "-i"], message.as_bytes());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    send("not-owned");
+    let delivered = server.wait_for_delivery("bob@example.com", 1);
+    assert!(
+        !delivered[0].contains("DKIM-Signature"),
+        "uid {uid} owns no mailbox at example.com:\n{}",
+        delivered[0]
+    );
+
+    // alice@example.com's account now carries the test user's uid.
+    let passwd = server.dir.path().join("passwd");
+    let text = std::fs::read_to_string(&passwd).unwrap();
+    let owned: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("alice@example.com:") {
+                format!("{line}:{uid}:{uid}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&passwd, owned).unwrap();
+    send("owned");
+    let delivered = server.wait_for_delivery("bob@example.com", 2);
+    let owned = delivered
+        .iter()
+        .find(|m| m.contains("Subject: owned"))
+        .expect("the second message");
+    assert!(
+        owned.contains("\nDKIM-Signature: "),
+        "uid {uid} owns alice@example.com now:\n{owned}"
+    );
 }

@@ -246,3 +246,58 @@ fn explain_local_submission_by_uid() {
         "{text}"
     );
 }
+
+/// Intake's DKIM rule, as explain shows it: a login is signed for its own domain, a
+/// local user only for the domains of the mailboxes its uid owns.
+#[test]
+fn explain_says_whether_intake_would_sign() {
+    let server = Server::start();
+    let key = server.cli(
+        &[
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.com",
+            "--selector",
+            "s1",
+            "--algorithm",
+            "ed25519",
+        ],
+        None,
+    );
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    let printed = String::from_utf8_lossy(&key.stdout).into_owned();
+    let table = &printed[printed.find("[[dkim]]").expect("a [[dkim]] table")..];
+    let mut config = std::fs::read_to_string(server.config_path()).unwrap();
+    config.push('\n');
+    config.push_str(table);
+    std::fs::write(server.config_path(), config).unwrap();
+    let dkim_line = |args: &[&str]| {
+        let mut all = vec![
+            "explain",
+            "--rcpt",
+            "bob@example.com",
+            "--from",
+            "alice@example.com",
+        ];
+        all.extend_from_slice(args);
+        let out = server.cli(&all, None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("dkim:"))
+            .unwrap_or_else(|| panic!("no dkim: line in\n{text}"))
+            .to_string()
+    };
+    let login = dkim_line(&["--listener", "submission", "--auth", "alice@example.com"]);
+    assert!(login.contains("signed with the keys"), "{login}");
+    // uid 1 owns no mailbox: its mail with From: at example.com goes unsigned.
+    let local = dkim_line(&["--listener", "local", "--uid", "1"]);
+    assert!(
+        local.contains("not signed") && local.contains("example.com"),
+        "{local}"
+    );
+}

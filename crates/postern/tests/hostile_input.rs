@@ -155,3 +155,65 @@ fn idle_and_trickling_clients_are_dropped_with_421() {
     assert!(server.queued().is_empty());
     server.wait_for_log("event=timeout").unwrap();
 }
+
+/// The smuggling scanner's `<CRLF><NUL>.<CRLF>`: refused on every listener (a next hop
+/// that drops NUL would see the end of the data there), and in `sendmail` input.
+#[test]
+fn nul_in_the_data_is_refused_on_every_door() {
+    let server = Server::start();
+    let attack = b"Subject: nul\r\n\r\nfirst\r\n\0.\r\nMAIL FROM:<evil@remote.test>\r\n.\r\n";
+    let mut mx = open_transaction(&server);
+    mx.send_raw(attack);
+    let reply = mx.read_reply();
+    assert!(
+        reply.starts_with("550 5.6.0") && reply.contains("NUL"),
+        "{reply:?}"
+    );
+    let mut sub = PlainClient::connect(server.addr("submission")).starttls();
+    sub.login("alice@example.com", common::PASSWORD);
+    sub.cmd("MAIL FROM:<alice@example.com>", "250");
+    sub.cmd("RCPT TO:<bob@example.com>", "250");
+    sub.cmd("DATA", "354");
+    sub.send_raw(attack);
+    let reply = sub.read_reply();
+    assert!(reply.starts_with("550 5.6.0"), "{reply:?}");
+    // The session goes on: the next message is accepted.
+    sub.cmd("MAIL FROM:<alice@example.com>", "250");
+
+    let out = server.sendmail(
+        None,
+        &["bob@example.com"],
+        b"Subject: nul\n\nfirst\n\0.\nsecond\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NUL"));
+    assert!(server.delivered("alice@example.com").is_empty());
+    assert!(server.delivered("bob@example.com").is_empty());
+}
+
+/// `sendmail -t` with a To: holding literal backslash sequences (a non-interpreting
+/// printf): refused with 65 and a reason, never read as a group that drops the real
+/// recipient and adds another.
+#[test]
+fn sendmail_t_refuses_a_malformed_address_list_instead_of_guessing() {
+    let server = Server::start();
+    let out = server.sendmail(
+        None,
+        &["-t", "-i"],
+        b"To: alice@example.com\\r\\nBcc: bob@example.com\nSubject: x\n\nbody\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("To: field is not a valid address list"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(server.delivered("alice@example.com").is_empty());
+    assert!(server.delivered("bob@example.com").is_empty());
+}

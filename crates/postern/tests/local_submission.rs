@@ -344,3 +344,49 @@ fn too_many_recipients_or_a_message_over_the_hourly_limit_is_refused_for_good() 
     );
     assert_eq!(exit_code(&out), 77, "{}", stderr(&out));
 }
+
+/// One of this host's own addresses, not loopback (the client binds it as its source).
+fn host_address() -> Option<std::net::IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|i| {
+            i.address?
+                .as_sockaddr_in()
+                .map(|a| std::net::IpAddr::V4(a.ip()))
+        })
+        .find(|ip| !ip.is_loopback())
+}
+
+/// A client that binds the host's own (non-loopback) address is still from this host:
+/// attributed to its uid and counted against its limit, like a loopback client.
+#[test]
+fn a_client_from_the_hosts_own_address_is_attributed_too() {
+    let Some(uid) = test_user(TEST_USER) else {
+        return;
+    };
+    let Some(source) = host_address() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this host has no address but loopback; CI machines have one"
+        );
+        eprintln!(
+            "SKIPPED a_client_from_the_hosts_own_address_is_attributed_too: no address but loopback"
+        );
+        return;
+    };
+    let server = Server::start_with("[limits]\nuid_messages_per_hour = 1\n");
+    let script = format!(
+        "import smtplib\nfor i in range(2):\n    s = smtplib.SMTP('127.0.0.1', {}, source_address=('{source}', 0))\n    try:\n        s.sendmail('someone@remote.test', ['alice@example.com'], 'Subject: own address\\r\\n\\r\\nx\\r\\n')\n        print('sent')\n    except smtplib.SMTPException as e:\n        print('refused', e)\n    s.quit()\n",
+        server.addr("mx").port()
+    );
+    let out = common::python_as(TEST_USER, &script);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.starts_with("sent\nrefused"),
+        "the second message must hit the uid limit: {printed}{}",
+        stderr(&out)
+    );
+    let line = server.wait_for_log("event=accepted").unwrap();
+    assert_eq!(field(&line, "client"), Some(source.to_string()), "{line}");
+    assert_eq!(field(&line, "uid"), Some(uid.to_string()), "{line}");
+}

@@ -77,3 +77,43 @@ fn serve_runs_as_the_service_user_and_still_reads_a_root_only_passwd_file() {
         uid
     );
 }
+
+/// The process has exited (a zombie until reaped, or gone).
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// As the packaged service user, SIGTERM stops the server (and its root passwd reader)
+/// at once: systemd must not wait for its stop timeout and SIGKILL.
+#[test]
+fn sigterm_stops_a_server_that_dropped_its_privileges() {
+    if test_user("posterntest").is_none() {
+        return;
+    }
+    let mut server = Server::start_setup(Setup {
+        top: "user = \"posterntest\"".into(),
+        maildir: Some("data/mail/%d/%n/Maildir".into()),
+        ..Setup::default()
+    });
+    server
+        .wait_for_log("event=privileges_dropped user=posterntest")
+        .unwrap();
+    // The reader has answered at least once (users were loaded through it).
+    let mut c = PlainClient::connect(server.addr("submission")).starttls();
+    c.login("alice@example.com", PASSWORD);
+    drop(c);
+    let pid = server.pid();
+    server.signal("TERM");
+    assert!(
+        common::wait_until(|| has_exited(pid)),
+        "still running after SIGTERM; log:\n{}",
+        server.log_text()
+    );
+    assert!(server.wait_exit().success());
+    assert!(server.wait_for_log("event=stopped").is_some());
+}

@@ -186,7 +186,63 @@ pub enum Failure {
     Protocol(String),
     /// Decided locally before sending anything: the message cannot go to this server as
     /// it is. The session stays ready for another message.
-    Refused(String),
+    Refused(Refusal),
+}
+
+/// Why the client will not send a message to this server, decided before sending
+/// anything: each is a case the caller may act on (a bounce with its own status code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The envelope has no recipients.
+    NoRecipients,
+    /// An address that is empty, too long or holds a control character, so it cannot go
+    /// into a command line.
+    BadAddress(String),
+    /// RFC 1870 §6.1: the message is over the server's fixed `SIZE` limit.
+    TooBig { size: u64, limit: u64 },
+    /// RFC 6152 §3: 8-bit content, and the server does not offer 8BITMIME.
+    Needs8BitMime,
+    /// RFC 6531 §3.2: a non-ASCII address, and the server does not offer SMTPUTF8.
+    NeedsSmtpUtf8,
+}
+
+impl Refusal {
+    /// The enhanced status code that reports this refusal (RFC 3463; 5.6.7 is RFC 6531's):
+    /// 5.3.4 message too big for the system, 5.6.7 non-ASCII addresses not permitted,
+    /// 5.6.3 conversion required but not supported for the rest.
+    pub fn enhanced(&self) -> Enhanced {
+        match self {
+            Refusal::TooBig { .. } => Enhanced(5, 3, 4),
+            Refusal::NeedsSmtpUtf8 => Enhanced(5, 6, 7),
+            Refusal::NoRecipients | Refusal::BadAddress(_) | Refusal::Needs8BitMime => {
+                Enhanced(5, 6, 3)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NoRecipients => write!(f, "the envelope has no recipients"),
+            Refusal::BadAddress(address) => write!(
+                f,
+                "address {address:?} is empty, longer than {MAX_ADDRESS} octets or contains a control character"
+            ),
+            Refusal::TooBig { size, limit } => write!(
+                f,
+                "message of {size} octets is over the server's SIZE limit of {limit} octets"
+            ),
+            Refusal::Needs8BitMime => write!(
+                f,
+                "message has 8-bit content but the server does not offer 8BITMIME"
+            ),
+            Refusal::NeedsSmtpUtf8 => write!(
+                f,
+                "an address is not ASCII but the server does not offer SMTPUTF8"
+            ),
+        }
+    }
 }
 
 impl Failure {
@@ -213,33 +269,6 @@ impl Failure {
 
     fn server_closed() -> Failure {
         Failure::Protocol("the server closed the connection".into())
-    }
-
-    fn no_recipients() -> Failure {
-        Failure::Refused("the envelope has no recipients".into())
-    }
-
-    fn bad_address(address: &str) -> Failure {
-        Failure::Refused(format!(
-            "address {address:?} is empty, longer than {MAX_ADDRESS} octets or contains a control character"
-        ))
-    }
-
-    /// RFC 1870 §6.1: a message over the server's fixed limit would be refused.
-    fn too_big(size: u64, limit: u64) -> Failure {
-        Failure::Refused(format!(
-            "message of {size} octets is over the server's SIZE limit of {limit} octets"
-        ))
-    }
-
-    /// RFC 6152 §3: 8-bit content only goes to a server that offers 8BITMIME.
-    fn needs_8bitmime() -> Failure {
-        Failure::Refused("message has 8-bit content but the server does not offer 8BITMIME".into())
-    }
-
-    /// RFC 6531 §3.2: a non-ASCII address only goes to a server that offers SMTPUTF8.
-    fn needs_smtputf8() -> Failure {
-        Failure::Refused("an address is not ASCII but the server does not offer SMTPUTF8".into())
     }
 }
 
@@ -585,25 +614,28 @@ impl Client {
 
     fn check_envelope(&self, envelope: &Envelope) -> Result<(), Failure> {
         if envelope.rcpts.is_empty() {
-            return Err(Failure::no_recipients());
+            return Err(Failure::Refused(Refusal::NoRecipients));
         }
         if !address_is_sendable(&envelope.from) && !envelope.from.is_empty() {
-            return Err(Failure::bad_address(&envelope.from));
+            return Err(Failure::Refused(Refusal::BadAddress(envelope.from.clone())));
         }
         if let Some(bad) = envelope.rcpts.iter().find(|r| !address_is_sendable(r)) {
-            return Err(Failure::bad_address(bad));
+            return Err(Failure::Refused(Refusal::BadAddress(bad.clone())));
         }
         if let Some(limit) = self.extensions.size
             && limit > 0
             && envelope.size > limit
         {
-            return Err(Failure::too_big(envelope.size, limit));
+            return Err(Failure::Refused(Refusal::TooBig {
+                size: envelope.size,
+                limit,
+            }));
         }
         if envelope.eight_bit && !self.extensions.eight_bit_mime {
-            return Err(Failure::needs_8bitmime());
+            return Err(Failure::Refused(Refusal::Needs8BitMime));
         }
         if needs_smtputf8(envelope) && !self.extensions.smtputf8 {
-            return Err(Failure::needs_smtputf8());
+            return Err(Failure::Refused(Refusal::NeedsSmtpUtf8));
         }
         Ok(())
     }
@@ -928,31 +960,10 @@ fn quoted(line: &[u8]) -> String {
     format!("\"{}\"", shown.escape_ascii())
 }
 
-/// `class.subject.detail` at the start of `text` (RFC 3463 §2: class 2, 4 or 5, subject
-/// and detail of one to three digits), and the text after it.
+/// `class.subject.detail` at the start of `text`, and the text after it.
 fn split_enhanced(text: &str) -> Option<(Enhanced, &str)> {
     let (token, rest) = text.split_once(' ').unwrap_or((text, ""));
-    let mut parts = token.split('.');
-    let class = match parts.next()? {
-        "2" => 2,
-        "4" => 4,
-        "5" => 5,
-        _ => return None,
-    };
-    let subject = number(parts.next()?)?;
-    let detail = number(parts.next()?)?;
-    if parts.next().is_some() {
-        return None;
-    }
-    Some((Enhanced(class, subject, detail), rest))
-}
-
-/// One to three decimal digits.
-fn number(s: &str) -> Option<u16> {
-    if s.is_empty() || s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+    Enhanced::parse(token).map(|code| (code, rest))
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //! message and closes the connection, because the client's idea of where the data
 //! ends can no longer be trusted.
 //!
-//! A message over the size limit, or with a line over 1000 octets (RFC 5321
-//! §4.5.3.1.6), is not stored but read to its end, so the session can reply in step.
+//! A message over the size limit, with a line over 1000 octets (RFC 5321 §4.5.3.1.6),
+//! or with a NUL octet, is not stored but read to its end, so the session can reply in
+//! step. NUL is not SMTP text, 8BITMIME included (RFC 6152 §3); a next hop that drops
+//! it would see `<CRLF>.<CRLF>` in `<CRLF><NUL>.<CRLF>`: a smuggling scanner's probe.
 
 /// Longest text line including CRLF (RFC 5321 §4.5.3.1.6).
 pub const MAX_TEXT_LINE: usize = 1000;
@@ -21,6 +23,8 @@ pub enum DataOutcome {
     Complete(Vec<u8>),
     TooBig,
     LineTooLong,
+    /// A NUL octet somewhere in the data.
+    NulOctet,
     /// A bare CR or LF: the decoder stopped at once and must not be fed again.
     BareLineEnding,
 }
@@ -41,6 +45,7 @@ pub struct DataDecoder {
     pending_cr: bool,
     too_big: bool,
     line_too_long: bool,
+    nul_seen: bool,
 }
 
 impl DataDecoder {
@@ -55,6 +60,7 @@ impl DataDecoder {
             pending_cr: false,
             too_big: false,
             line_too_long: false,
+            nul_seen: false,
         }
     }
 
@@ -91,6 +97,7 @@ impl DataDecoder {
             }
             _ => {
                 self.at_line_start = false;
+                self.nul_seen |= b == 0;
                 self.push(&[b]);
                 self.line_written += 1;
                 None
@@ -128,6 +135,8 @@ impl DataDecoder {
     fn finish(&mut self) -> DataOutcome {
         if self.too_big {
             DataOutcome::TooBig
+        } else if self.nul_seen {
+            DataOutcome::NulOctet
         } else if self.line_too_long {
             DataOutcome::LineTooLong
         } else {
@@ -225,6 +234,16 @@ mod tests {
         assert!(matches!(decode(&ok).1, Some(DataOutcome::Complete(_))));
         let long = [vec![b'a'; 999], b"\r\n.\r\n".to_vec()].concat();
         assert_eq!(decode(&long).1, Some(DataOutcome::LineTooLong));
+    }
+
+    #[test]
+    fn a_nul_octet_is_drained_to_the_end_and_refused() {
+        // The smuggling scanner's probe: a next hop that drops NUL sees <CRLF>.<CRLF>.
+        let input = b"first\r\n\0.\r\nMAIL FROM:<evil@b.test>\r\n.\r\nNOOP\r\n";
+        let (n, out) = decode(input);
+        assert_eq!(out, Some(DataOutcome::NulOctet));
+        assert_eq!(&input[n..], b"NOOP\r\n");
+        assert_eq!(decode(b"a\0b\r\n.\r\n").1, Some(DataOutcome::NulOctet));
     }
 
     #[test]

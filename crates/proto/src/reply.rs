@@ -10,6 +10,53 @@ use std::fmt::{self, Write as _};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enhanced(pub u8, pub u16, pub u16);
 
+impl Enhanced {
+    /// `class.subject.detail` as RFC 3463 §2 writes it: class `2`, `4` or `5`, subject
+    /// and detail of one to three digits, and nothing else.
+    pub fn parse(text: &str) -> Option<Enhanced> {
+        let mut fields = text.split('.');
+        let class = match fields.next()? {
+            "2" => 2,
+            "4" => 4,
+            "5" => 5,
+            _ => return None,
+        };
+        let subject = status_number(fields.next()?)?;
+        let detail = status_number(fields.next()?)?;
+        fields
+            .next()
+            .is_none()
+            .then_some(Enhanced(class, subject, detail))
+    }
+
+    /// Class 2: success.
+    pub fn is_success(&self) -> bool {
+        self.0 == 2
+    }
+
+    /// Class 4: the same message may succeed later.
+    pub fn is_transient(&self) -> bool {
+        self.0 == 4
+    }
+
+    /// Class 5: trying again will not help.
+    pub fn is_permanent(&self) -> bool {
+        self.0 == 5
+    }
+
+    /// Whether this is a code [`Enhanced::parse`] accepts, for values built from their
+    /// fields.
+    pub fn is_valid(&self) -> bool {
+        matches!(self.0, 2 | 4 | 5) && self.1 <= 999 && self.2 <= 999
+    }
+}
+
+/// One to three decimal digits (RFC 3463 §2).
+fn status_number(text: &str) -> Option<u16> {
+    let digits = (1..=3).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok()).flatten()
+}
+
 impl fmt::Display for Enhanced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.0, self.1, self.2)
@@ -280,6 +327,14 @@ impl Reply {
         )
     }
 
+    pub fn nul_in_data() -> Reply {
+        Reply::new(
+            550,
+            Enhanced(5, 6, 0),
+            "Message refused: it contains a NUL octet, which SMTP does not allow; encode binary data (base64)",
+        )
+    }
+
     pub fn data_line_too_long(limit: usize) -> Reply {
         Reply::new(
             550,
@@ -408,7 +463,17 @@ impl Reply {
             553,
             Enhanced(5, 7, 1),
             format!(
-                "Sender address <{address}> is not owned by login {login}; use your own address in MAIL FROM"
+                "Sender address <{address}> is not owned by login {login}; use your own address in MAIL FROM (or ask the administrator for [auth] sender_scope = \"domain\", which lets a login send as any address of its domain)"
+            ),
+        )
+    }
+
+    pub fn author_not_owned(address: &str, login: &str) -> Reply {
+        Reply::new(
+            550,
+            Enhanced(5, 7, 1),
+            format!(
+                "Message refused: the From: header address <{address}> is not owned by login {login}; put your own address in From: (or ask the administrator for [auth] sender_scope = \"domain\")"
             ),
         )
     }
@@ -488,5 +553,29 @@ mod tests {
         let text = String::from_utf8(Reply::relay_denied().to_bytes()).unwrap();
         assert!(text.starts_with("550 5.7.1 Relaying denied"));
         assert!(text.contains("587"));
+    }
+
+    #[test]
+    fn enhanced_codes_parse_as_rfc_3463_says() {
+        assert_eq!(Enhanced::parse("5.1.1"), Some(Enhanced(5, 1, 1)));
+        assert_eq!(Enhanced::parse("4.4.7"), Some(Enhanced(4, 4, 7)));
+        assert_eq!(Enhanced::parse("2.0.0"), Some(Enhanced(2, 0, 0)));
+        assert_eq!(Enhanced::parse("5.123.999"), Some(Enhanced(5, 123, 999)));
+        for bad in [
+            "", "5", "5.1", "5.1.1.1", "3.1.1", "5.a.1", "5.1.1000", "5..1", " 5.1.1", "5.1.1 ",
+            "+5.1.1", "5.+1.1",
+        ] {
+            assert_eq!(Enhanced::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn enhanced_codes_know_their_class_and_validity() {
+        assert!(Enhanced(2, 0, 0).is_success());
+        assert!(Enhanced(4, 4, 1).is_transient());
+        assert!(Enhanced(5, 1, 1).is_permanent());
+        assert!(Enhanced(5, 999, 0).is_valid());
+        assert!(!Enhanced(3, 0, 0).is_valid());
+        assert!(!Enhanced(4, 1234, 1).is_valid());
     }
 }

@@ -568,6 +568,7 @@ impl Session {
             (DataOutcome::LineTooLong, _) => {
                 self.send(Reply::data_line_too_long(crate::data::MAX_TEXT_LINE))
             }
+            (DataOutcome::NulOctet, _) => self.send(Reply::nul_in_data()),
             (DataOutcome::BareLineEnding, _) => {
                 self.send(Reply::bare_line_ending_in_data());
                 self.close();

@@ -337,7 +337,8 @@ fn text_line() -> impl Strategy<Value = Vec<u8>> {
     let octet = prop_oneof![
         4 => b'a'..=b'z',
         1 => Just(b'.'),
-        1 => any::<u8>().prop_map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        // Any octet but the line ends and NUL, which SMTP text never holds.
+        1 => any::<u8>().prop_map(|b| if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b }),
     ];
     (
         prop::option::of(prop_oneof![Just(b".".to_vec()), Just(b"..".to_vec())]),

@@ -5,14 +5,44 @@
 //! shares 127.0.0.1: there it is the attributed Unix user, so one site's password
 //! guessing cannot lock every other site out. While blocked, even a correct password
 //! is refused. Time is passed in, so this is testable without waiting.
+//!
+//! A client's login attempts also take turns ([`FailureGuard::turn`]): one password check
+//! per client at a time, with the failure delay inside the turn. Otherwise 40 parallel
+//! connections would all be checked before the first failure was counted, and each would
+//! wait out its delay at the same time as the others.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedMutexGuard;
 
 #[derive(Debug, Default)]
 pub struct FailureGuard {
     clients: Mutex<HashMap<String, Failures>>,
+    /// One lock per client with a login attempt in progress.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A client's turn to have a password checked; the next attempt waits until it is dropped.
+pub struct Turn<'a> {
+    guard: &'a FailureGuard,
+    client: String,
+    held: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut turns = self.guard.turns.lock().unwrap_or_else(|p| p.into_inner());
+        // Nobody else holds or waits for this client's lock: forget it.
+        if turns
+            .get(&self.client)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            turns.remove(&self.client);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -23,6 +53,20 @@ struct Failures {
 }
 
 impl FailureGuard {
+    /// Waits for `client`'s turn: its earlier attempts have been checked and counted.
+    pub async fn turn(&self, client: &str) -> Turn<'_> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(turns.entry(client.to_string()).or_default())
+        };
+        let held = lock.lock_owned().await;
+        Turn {
+            guard: self,
+            client: client.to_string(),
+            held: Some(held),
+        }
+    }
+
     /// How long `client` stays blocked, if it is.
     pub fn blocked_for(&self, client: &str, now: Instant) -> Option<Duration> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -74,6 +118,31 @@ impl FailureGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_clients_attempts_take_turns_and_others_do_not_wait() {
+        let g = Arc::new(FailureGuard::default());
+        let first = g.turn("uid:1001").await;
+        // Another client is not held up.
+        drop(g.turn("203.0.113.9").await);
+        let waiting = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move {
+                let _second = g.turn("uid:1001").await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "the second attempt waits for the first"
+        );
+        drop(first);
+        waiting.await.unwrap();
+        assert!(
+            g.turns.lock().unwrap().is_empty(),
+            "no lock is kept for idle clients"
+        );
+    }
 
     const BLOCK: Duration = Duration::from_secs(600);
 

@@ -106,6 +106,10 @@ pub trait Credentials: Send + Sync {
 
     /// Looks up a mailbox by address, case-insensitively.
     fn lookup(&self, address: &str) -> Result<Option<Account>, AuthError>;
+
+    /// The domains (lower case) of the mailboxes whose account carries `uid` as owner:
+    /// what a local Unix user may have its mail DKIM-signed for.
+    fn domains_owned_by(&self, uid: u32) -> Result<Vec<String>, AuthError>;
 }
 
 /// The least time a failed verification takes (chasquid's `AuthDuration`). Long enough to
@@ -161,6 +165,10 @@ mod tests {
                 return Ok(Verification::Accepted);
             }
             Ok(Verification::Rejected)
+        }
+
+        fn domains_owned_by(&self, _uid: u32) -> Result<Vec<String>, AuthError> {
+            Ok(Vec::new())
         }
 
         fn lookup(&self, _address: &str) -> Result<Option<Account>, AuthError> {

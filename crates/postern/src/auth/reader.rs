@@ -118,7 +118,8 @@ pub struct ReaderAccess {
 
 struct Pipe {
     child: Child,
-    to: ChildStdin,
+    /// `None` once closed: closing it is how the reader is told to exit.
+    to: Option<ChildStdin>,
     from: BufReader<ChildStdout>,
 }
 
@@ -139,7 +140,7 @@ impl ReaderAccess {
             path: path.to_path_buf(),
             pipe: Mutex::new(Pipe {
                 child,
-                to,
+                to: Some(to),
                 from: BufReader::new(from),
             }),
         })
@@ -147,8 +148,12 @@ impl ReaderAccess {
 
     fn ask(&self, request: &str) -> io::Result<(String, Vec<u8>)> {
         let mut pipe = self.pipe.lock().unwrap_or_else(|p| p.into_inner());
-        pipe.to.write_all(format!("{request}\n").as_bytes())?;
-        pipe.to.flush()?;
+        let to = pipe
+            .to
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the passwd reader is closed"))?;
+        to.write_all(format!("{request}\n").as_bytes())?;
+        to.flush()?;
         let mut header = String::new();
         if pipe.from.read_line(&mut header)? == 0 {
             let status = pipe.child.try_wait().ok().flatten();
@@ -224,9 +229,11 @@ fn parse_stat(answer: &str) -> io::Result<Option<Stamp>> {
 
 impl Drop for ReaderAccess {
     fn drop(&mut self) {
-        // Closing its stdin ends the reader; reap it.
+        // Closing its stdin ends the reader; then reap it. A kill would not do: after
+        // the switch to the service user, this process may not signal a root child, and
+        // waiting with the pipe still open would wait forever.
         let pipe = self.pipe.get_mut().unwrap_or_else(|p| p.into_inner());
-        let _ = pipe.child.kill();
+        drop(pipe.to.take());
         let _ = pipe.child.wait();
     }
 }

@@ -7,12 +7,14 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
+use postern_proto::ReversePath;
 use postern_proto::address::{parse_forward_path, parse_reverse_path};
 
+use crate::attribution::UnixUser;
 use crate::auth::{Credentials, PasswdFile};
 use crate::config::{Config, Role};
 use crate::facts;
-use crate::local::attribution::UnixUser;
+use crate::policy::dkim::{self, Signatory, Signing};
 use crate::policy::{self, Submitter, Verdict};
 
 pub struct Question<'a> {
@@ -94,7 +96,7 @@ pub fn explain(
         return Ok((out, false));
     }
     if let Some(role) = role {
-        let verdict = policy::check_sender(role, q.auth, &from);
+        let verdict = policy::check_sender(role, q.auth, config.sender_scope, &from);
         step(&mut out, &format!("MAIL FROM:<{from}>"), &verdict);
         if !verdict.is_accepted() {
             conclude(&mut out, &verdict);
@@ -117,8 +119,54 @@ pub fn explain(
             format!("relayed to {target}'s next hop (delivery.routes, relay_host, then MX)")
         };
         out.push_str(&format!("then:     {route}\n"));
+        describe_signing(&mut out, config, users, &from, q.auth, local_user.as_ref());
     }
     Ok((out, verdict.is_accepted()))
+}
+
+/// The DKIM decision of intake ([`policy::dkim`]), taking `From:` to be the envelope
+/// sender. Said only when signing keys are configured.
+fn describe_signing(
+    out: &mut String,
+    config: &Config,
+    users: &dyn Credentials,
+    from: &ReversePath,
+    login: Option<&str>,
+    local_user: Option<&UnixUser>,
+) {
+    if config.dkim.is_empty() {
+        return;
+    }
+    let author = match from {
+        ReversePath::Mailbox(m) => m.domain().name().map(str::to_ascii_lowercase),
+        ReversePath::Null => None,
+    };
+    let owned = local_user
+        .map(|u| users.domains_owned_by(u.uid).unwrap_or_default())
+        .unwrap_or_default();
+    let signatory = match (local_user, login) {
+        (Some(user), _) => Signatory::LocalUser {
+            uid: user.uid,
+            owned: &owned,
+        },
+        (None, Some(login)) => Signatory::Login(login),
+        (None, None) => Signatory::Inbound,
+    };
+    let decision = dkim::signing(signatory, author.as_deref());
+    let has_key = author.as_deref().is_some_and(|author| {
+        config
+            .dkim
+            .iter()
+            .any(|k| author == k.domain || author.ends_with(&format!(".{}", k.domain)))
+    });
+    let text = match decision {
+        Signing::Sign if has_key => "signed with the keys of the From: domain".to_string(),
+        Signing::Sign => "may be signed, but no [[dkim]] key covers the From: domain".to_string(),
+        other => format!("not signed: {}", other.explanation()),
+    };
+    out.push_str(&format!(
+        "dkim:     {text} (if From: is the envelope sender)\n"
+    ));
 }
 
 /// Accepts `a@b` as well as `<a@b>`; `""` or `<>` is the null sender.
@@ -189,7 +237,7 @@ fn conclude(out: &mut String, verdict: &Verdict) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_proto::{ForwardPath, ReversePath};
+    use postern_proto::ForwardPath;
 
     #[test]
     fn addresses_with_or_without_brackets() {

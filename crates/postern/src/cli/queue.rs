@@ -11,8 +11,8 @@ use chrono::{DateTime, Local};
 
 use super::QueueAction;
 use crate::config::Config;
+use crate::control;
 use crate::queue::{Envelope, Origin, QueueId, RecipientStatus, Spool, SpoolError};
-use crate::server::control;
 
 pub fn run(explicit: Option<&Path>, action: QueueAction) -> anyhow::Result<()> {
     let config = Config::load(&Config::locate(explicit))?;
@@ -47,14 +47,14 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
             Ok(e) => envelopes.push(e),
             // Delivered and removed while we were listing.
             Err(SpoolError::NotFound { .. }) => {}
-            Err(e) => eprintln!("postern: {e}"),
+            Err(e) => eprintln!("postern: {}", terminal_safe(&e.to_string())),
         }
     }
     if envelopes.is_empty() {
         println!("Mail queue is empty");
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = Vec::new();
     writeln!(
         out,
         "{:<18}  {:<19}  {:>9}  SENDER",
@@ -76,7 +76,33 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
         plural(n),
         plural(pending)
     )?;
+    print_safely(&out)
+}
+
+/// Prints text that holds what clients and remote servers wrote (addresses, replies,
+/// headers) with every control character escaped: an escape sequence in a bounce reply
+/// must not reach the administrator's terminal.
+fn print_safely(text: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(terminal_safe(&String::from_utf8_lossy(text)).as_bytes())?;
     Ok(())
+}
+
+/// `text` with control characters (but line feeds and tabs) written as `\xNN` or
+/// `\u{NNNN}`.
+pub fn terminal_safe(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => safe.push(c),
+            c if c.is_control() && (c as u32) < 0x100 => {
+                safe.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => safe.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => safe.push(c),
+        }
+    }
+    safe
 }
 
 fn plural(n: usize) -> &'static str {
@@ -134,7 +160,7 @@ fn write_summary(out: &mut impl Write, e: &Envelope) -> std::io::Result<()> {
 fn show(config: &Config, id: &QueueId) -> anyhow::Result<()> {
     let spool = open_spool(config)?;
     let e = spool.load(id)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Vec::new();
     writeln!(out, "Queue ID:  {}", e.queue_id)?;
     writeln!(out, "Arrived:   {}", time(e.received_at))?;
     writeln!(out, "Size:      {} bytes", e.size)?;
@@ -187,7 +213,7 @@ fn show(config: &Config, id: &QueueId) -> anyhow::Result<()> {
         }
         writeln!(out, "  {}", String::from_utf8_lossy(line))?;
     }
-    Ok(())
+    print_safely(&out)
 }
 
 /// What the control socket said, or that no server is listening.
@@ -231,7 +257,7 @@ pub fn flush(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
         None => "flush".to_string(),
     };
     match control_command(config, &line)? {
-        ControlAnswer::Done(text) => println!("{text}"),
+        ControlAnswer::Done(text) => println!("{}", terminal_safe(&text)),
         ControlAnswer::NotRunning => {
             bail!("the server is not running; queued mail is delivered when it starts")
         }
@@ -241,7 +267,7 @@ pub fn flush(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
 
 fn delete(config: &Config, id: &QueueId) -> anyhow::Result<()> {
     match control_command(config, &format!("delete {id}"))? {
-        ControlAnswer::Done(text) => println!("{text}"),
+        ControlAnswer::Done(text) => println!("{}", terminal_safe(&text)),
         // No server, so no delivery can race us: remove the files directly.
         ControlAnswer::NotRunning => {
             let spool = open_spool(config)?;

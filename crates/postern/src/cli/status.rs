@@ -8,7 +8,7 @@ use chrono::{DateTime, Local, Utc};
 
 use super::queue::{ControlAnswer, control_command};
 use crate::config::Config;
-use crate::server::control;
+use crate::control;
 
 pub fn run(explicit: Option<&Path>) -> ExitCode {
     let config = match Config::load(&Config::locate(explicit)) {

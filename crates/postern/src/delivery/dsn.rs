@@ -18,10 +18,9 @@
 //! first line that is not a header field, so no body text leaks into the notification.
 //! The boundary is chosen so that it occurs in no part.
 
-use std::fmt;
-
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use postern_proto::reply::Enhanced;
 
 const CRLF: &str = "\r\n";
 /// Where lines are folded or wrapped when a space allows (RFC 5322 §2.1.1 "SHOULD").
@@ -60,9 +59,9 @@ pub struct RecipientReport {
     pub address: String,
     pub action: DsnAction,
     /// The enhanced status code (RFC 3463), e.g. `5.1.1`: the remote reply's, else a
-    /// default chosen by the caller. A malformed one is reported as `5.0.0` (failed) or
+    /// default chosen by the caller. One out of range is reported as `5.0.0` (failed) or
     /// `4.0.0` (delayed).
-    pub status: String,
+    pub status: Enhanced,
     /// Host name of the server that answered, if any.
     pub remote_mta: Option<String>,
     /// The remote reply text, e.g. `550 5.1.1 <x@y>: no such user`.
@@ -130,59 +129,16 @@ impl DsnAction {
     }
 }
 
-/// An enhanced status code, `class.subject.detail` (RFC 3463 §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Status {
-    class: u8,
-    subject: u16,
-    detail: u16,
-}
-
-impl Status {
-    /// The recipient's status, or the action's generic one when it is malformed.
-    fn of(report: &RecipientReport) -> Status {
-        Status::parse(&report.status).unwrap_or(match report.action {
-            DsnAction::Failed => Status::new(5, 0, 0),
-            DsnAction::Delayed => Status::new(4, 0, 0),
-        })
+/// The status a report gives for `report`: its own, or the action's generic one when
+/// the code was built out of range (RFC 3463 §2 allows classes 2, 4 and 5 only).
+fn status_of(report: &RecipientReport) -> Enhanced {
+    if report.status.is_valid() {
+        return report.status;
     }
-
-    fn new(class: u8, subject: u16, detail: u16) -> Status {
-        Status {
-            class,
-            subject,
-            detail,
-        }
+    match report.action {
+        DsnAction::Failed => Enhanced(5, 0, 0),
+        DsnAction::Delayed => Enhanced(4, 0, 0),
     }
-
-    /// `class = "2" / "4" / "5"`, `subject = 1*3digit`, `detail = 1*3digit` (RFC 3463 §2).
-    fn parse(text: &str) -> Option<Status> {
-        let mut fields = text.trim().split('.');
-        let class = match fields.next()? {
-            "2" => 2,
-            "4" => 4,
-            "5" => 5,
-            _ => return None,
-        };
-        let subject = number(fields.next()?)?;
-        let detail = number(fields.next()?)?;
-        fields
-            .next()
-            .is_none()
-            .then(|| Status::new(class, subject, detail))
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
-
-/// One to three digits.
-fn number(text: &str) -> Option<u16> {
-    let digits = (1..=3).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
-    digits.then(|| text.parse().ok()).flatten()
 }
 
 /// One body part of the report.
@@ -306,7 +262,7 @@ fn delivery_status(n: &Notification<'_>) -> String {
 fn recipient_fields(r: &RecipientReport) -> String {
     let mut s = field("Final-Recipient", &typed_address(&r.address));
     s += &field("Action", r.action.keyword());
-    s += &field("Status", &Status::of(r).to_string());
+    s += &field("Status", &status_of(r).to_string());
     if let Some(host) = r.remote_mta.as_deref().map(token).filter(|h| !h.is_empty()) {
         s += &field("Remote-MTA", &format!("dns; {}", ascii(&host)));
     }
@@ -412,9 +368,9 @@ fn section<'a>(intro: &str, recipients: impl Iterator<Item = &'a RecipientReport
 
 /// One recipient, indented: every line that holds outside text begins with spaces.
 fn recipient_text(r: &RecipientReport) -> String {
-    let status = Status::of(r);
+    let status = status_of(r);
     let mut meaning = String::new();
-    if r.action == DsnAction::Failed && status.class == 4 {
+    if r.action == DsnAction::Failed && status.is_transient() {
         meaning += "The mail system kept trying for as long as it may, and has now given up. ";
     }
     meaning += explain(status);
@@ -438,8 +394,9 @@ fn recipient_text(r: &RecipientReport) -> String {
 }
 
 /// What a status code probably means, for someone who does not know SMTP (RFC 3463 §3).
-fn explain(status: Status) -> &'static str {
-    match (status.class, status.subject, status.detail) {
+fn explain(status: Enhanced) -> &'static str {
+    let Enhanced(class, subject, detail) = status;
+    match (class, subject, detail) {
         (_, 1, 1) => {
             "The address does not exist at the receiving end. Check it for typing \
              mistakes, or ask the recipient for their current address."
@@ -626,7 +583,7 @@ mod tests {
         RecipientReport {
             address: address.to_owned(),
             action,
-            status: status.to_owned(),
+            status: Enhanced::parse(status).unwrap(),
             remote_mta: Some("mx.remote.test".to_owned()),
             diagnostic: Some(diag.to_owned()),
             last_attempt: Some(at(9)),
@@ -949,11 +906,11 @@ mod tests {
     }
 
     #[test]
-    fn malformed_status_falls_back_to_the_action_default() {
+    fn out_of_range_status_falls_back_to_the_action_default() {
         let mut recipients = failed();
-        recipients[0].status = "550\r\nX: y".to_owned();
+        recipients[0].status = Enhanced(3, 0, 0);
         let mut late = delayed();
-        late[0].status = "4.1234.1".to_owned();
+        late[0].status = Enhanced(4, 1234, 1);
         recipients.extend(late);
         let raw = notify(&recipients, ORIGINAL);
         let blocks = status_blocks(&parse(&raw));
@@ -962,22 +919,10 @@ mod tests {
     }
 
     #[test]
-    fn status_codes_parse_as_rfc_3463_says() {
-        assert_eq!(Status::parse("5.1.1"), Some(Status::new(5, 1, 1)));
-        assert_eq!(Status::parse(" 4.4.7 "), Some(Status::new(4, 4, 7)));
-        assert_eq!(Status::parse("2.0.0"), Some(Status::new(2, 0, 0)));
-        for bad in [
-            "", "5", "5.1", "5.1.1.1", "3.1.1", "5.a.1", "5.1.1000", "5..1",
-        ] {
-            assert_eq!(Status::parse(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn expired_temporary_failure_says_the_system_gave_up() {
         let mut recipients = delayed();
         recipients[0].action = DsnAction::Failed;
-        recipients[0].status = "4.4.7".to_owned();
+        recipients[0].status = Enhanced(4, 4, 7);
         let raw = notify(&recipients, ORIGINAL);
         let text = explanation_words(&parse(&raw));
         assert!(text.contains("has now given up"), "{text}");

@@ -174,8 +174,7 @@ enum Written {
     Named(PathBuf),
     /// In a file without a name yet (`O_TMPFILE`, made in `tmp/`), linked into `new/` when
     /// published: no `tmp/` entry, so parallel deliveries do not queue on the lock of
-    /// `tmp/` while the file system allocates each new inode (the MX benchmark's profile
-    /// had a fifth of the server's CPU spinning there).
+    /// `tmp/` while the file system allocates each new inode (see `docs/benchmarks.md`).
     Anonymous(File),
 }
 

@@ -7,27 +7,18 @@
 //! DNS outcomes into delivery outcomes: null MX (RFC 7505) and nonexistent domains are
 //! permanent, everything else that goes wrong is temporary.
 //!
-//! Name resolution sits behind the [`Resolver`] trait, so tests (and inbound SPF/DKIM/DMARC
-//! verification, which also asks for TXT records) can stub it; [`SystemResolver`] is the
-//! real one, reading the system's `/etc/resolv.conf`.
+//! Name resolution goes through [`crate::dns`]'s [`Resolver`] trait, so tests can stub it.
 //!
 //! It must not connect anywhere, speak SMTP, log delivery events or decide policy (whether a
 //! recipient may be relayed to was decided when the message was accepted). It must not bounce
 //! mail because of a configuration mistake: a bad or unresolvable route is temporary.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::LookupIpStrategy;
-use hickory_resolver::net::{DnsError as HickoryDnsError, NetError, NoRecords};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData};
+use postern_proto::reply::Enhanced;
 
-/// A boxed, sendable future (the trait below must be object-safe).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::dns::{DnsError, Resolver};
 
 /// The SMTP port used for MX targets and when a route names no port.
 const SMTP_PORT: u16 = 25;
@@ -39,135 +30,6 @@ const SMTP_PORT: u16 = 25;
 /// addresses each, which would tie up a delivery worker for a long time on a single message.
 /// The message stays queued and is retried later, so a bounded list loses nothing.
 pub const MAX_TARGETS: usize = 10;
-
-/// The outcome of a failed name lookup.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DnsError {
-    /// NXDOMAIN: the name does not exist.
-    #[error("no such domain")]
-    NoSuchDomain,
-    /// The name exists but has no records of the asked type (NOERROR, empty answer).
-    #[error("no records")]
-    NoRecords,
-    /// SERVFAIL, REFUSED, timeout, no usable name server: may work later.
-    #[error("DNS lookup failed: {0}")]
-    Temporary(String),
-}
-
-/// Name resolution, behind a trait so tests (and inbound SPF/DKIM/DMARC) can stub it.
-pub trait Resolver: Send + Sync {
-    /// MX records as (preference, exchange host without trailing dot; "" for the null MX ".").
-    fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, DnsError>>;
-    /// A and AAAA records.
-    fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>>;
-    /// TXT records, one entry per record, its character-strings concatenated (RFC 7208
-    /// §3.3, RFC 6376 §3.6.2.2). `name` is absolute, without the trailing dot.
-    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, DnsError>>;
-}
-
-/// The real resolver: hickory-resolver with the system's `/etc/resolv.conf`.
-pub struct SystemResolver {
-    inner: TokioResolver,
-}
-
-impl SystemResolver {
-    /// Reads the system's resolver configuration. Fails (temporarily: the configuration may
-    /// be fixed) when it cannot be read.
-    pub fn new() -> Result<SystemResolver, DnsError> {
-        let mut builder = TokioResolver::builder_tokio().map_err(|e| {
-            DnsError::Temporary(format!("reading the system resolver configuration: {e}"))
-        })?;
-        // Query AAAA and A together and keep both, IPv6 first (RFC 5321 §5.2 leaves the
-        // choice to the client; both families are tried in turn by the delivery code).
-        builder.options_mut().ip_strategy = LookupIpStrategy::Ipv6AndIpv4;
-        let inner = builder
-            .build()
-            .map_err(|e| DnsError::Temporary(format!("building the resolver: {e}")))?;
-        Ok(SystemResolver { inner })
-    }
-}
-
-/// Parses `name` as an absolute DNS name, so that the resolv.conf search list is never
-/// applied: mail domains and MX exchanges are always fully qualified (RFC 5321 §5.1).
-fn absolute_name(name: &str) -> Result<Name, DnsError> {
-    // A name that cannot be encoded in DNS cannot exist.
-    let mut parsed = Name::from_utf8(name).map_err(|_| DnsError::NoSuchDomain)?;
-    parsed.set_fqdn(true);
-    Ok(parsed)
-}
-
-fn from_net_error(err: NetError) -> DnsError {
-    match &err {
-        NetError::Dns(HickoryDnsError::NoRecordsFound(NoRecords { response_code, .. })) => {
-            match *response_code {
-                ResponseCode::NXDomain => DnsError::NoSuchDomain,
-                ResponseCode::NoError => DnsError::NoRecords,
-                _ => DnsError::Temporary(err.to_string()),
-            }
-        }
-        _ => DnsError::Temporary(err.to_string()),
-    }
-}
-
-impl Resolver for SystemResolver {
-    fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, DnsError>> {
-        Box::pin(async move {
-            let name = absolute_name(domain)?;
-            let lookup = self.inner.mx_lookup(name).await.map_err(from_net_error)?;
-            let records: Vec<(u16, String)> = lookup
-                .answers()
-                .iter()
-                .filter_map(|record| match &record.data {
-                    RData::MX(mx) => Some((
-                        mx.preference,
-                        mx.exchange.to_ascii().trim_end_matches('.').to_string(),
-                    )),
-                    // CNAMEs followed on the way to the MX records.
-                    _ => None,
-                })
-                .collect();
-            if records.is_empty() {
-                return Err(DnsError::NoRecords);
-            }
-            Ok(records)
-        })
-    }
-
-    fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>> {
-        Box::pin(async move {
-            if let Ok(ip) = host.parse::<IpAddr>() {
-                return Ok(vec![ip]);
-            }
-            let name = absolute_name(host)?;
-            let lookup = self.inner.lookup_ip(name).await.map_err(from_net_error)?;
-            let ips: Vec<IpAddr> = lookup.iter().collect();
-            if ips.is_empty() {
-                return Err(DnsError::NoRecords);
-            }
-            Ok(ips)
-        })
-    }
-
-    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, DnsError>> {
-        Box::pin(async move {
-            let name = absolute_name(name)?;
-            let lookup = self.inner.txt_lookup(name).await.map_err(from_net_error)?;
-            let records: Vec<Vec<u8>> = lookup
-                .answers()
-                .iter()
-                .filter_map(|record| match &record.data {
-                    RData::TXT(txt) => Some(txt.txt_data.concat()),
-                    // CNAMEs followed on the way to the TXT records.
-                    _ => None,
-                })
-                .collect();
-            if records.is_empty() {
-                return Err(DnsError::NoRecords);
-            }
-            Ok(records)
-        })
-    }
-}
 
 /// Where the config says to send mail (built from `Config.routes`, "domain" -> "host:port",
 /// and `Config.relay_host`, "host:port").
@@ -209,16 +71,16 @@ impl NextHopError {
     }
 
     /// The enhanced status code (RFC 3463) for logs and the DSN.
-    pub fn dsn(&self) -> &'static str {
+    pub fn status(&self) -> Enhanced {
         match self {
             // RFC 7505 §4.2.
-            NextHopError::NullMx => "5.1.10",
+            NextHopError::NullMx => Enhanced(5, 1, 10),
             // Bad destination system address.
-            NextHopError::NoSuchDomain => "5.1.2",
+            NextHopError::NoSuchDomain => Enhanced(5, 1, 2),
             // Directory server failure.
-            NextHopError::Temporary(_) => "4.4.3",
+            NextHopError::Temporary(_) => Enhanced(4, 4, 3),
             // System not capable of selected features: our configuration.
-            NextHopError::BadRoute(_) => "4.3.5",
+            NextHopError::BadRoute(_) => Enhanced(4, 3, 5),
         }
     }
 }
@@ -475,7 +337,7 @@ pub async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::stub_resolver::StubResolver;
+    use crate::dns::stub::StubResolver;
     use std::collections::HashSet;
 
     fn routing(routes: &[(&str, &str)], relay_host: Option<&str>) -> Routing {
@@ -631,7 +493,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, NextHopError::NoSuchDomain);
         assert!(err.is_permanent());
-        assert_eq!(err.dsn(), "5.1.2");
+        assert_eq!(err.status(), Enhanced(5, 1, 2));
     }
 
     #[tokio::test]
@@ -654,7 +516,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, NextHopError::NullMx);
         assert!(err.is_permanent());
-        assert_eq!(err.dsn(), "5.1.10");
+        assert_eq!(err.status(), Enhanced(5, 1, 10));
     }
 
     #[tokio::test]
@@ -686,7 +548,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, NextHopError::Temporary(_)), "{err:?}");
         assert!(!err.is_permanent());
-        assert_eq!(err.dsn(), "4.4.3");
+        assert_eq!(err.status(), Enhanced(4, 4, 3));
 
         // SERVFAIL on the implicit-MX address lookup too.
         let stub = StubResolver::default()
@@ -810,7 +672,7 @@ mod tests {
                 "{value:?}: {err:?}"
             );
             assert!(!err.is_permanent());
-            assert_eq!(err.dsn(), "4.3.5");
+            assert_eq!(err.status(), Enhanced(4, 3, 5));
         }
         let r = routing(&[], Some("nonsense"));
         let err = resolve(&r, &StubResolver::default(), "remote.test")
@@ -844,18 +706,5 @@ mod tests {
         let stub = StubResolver::default();
         let future = resolve(&routing, &stub, "example.com");
         assert_send(&future);
-    }
-
-    #[tokio::test]
-    async fn system_resolver_constructs() {
-        // Reads /etc/resolv.conf; makes no query. Skip when the file is absent.
-        if std::path::Path::new("/etc/resolv.conf").exists() {
-            assert!(SystemResolver::new().is_ok());
-        }
-        // An IP "host" is answered without DNS.
-        if let Ok(resolver) = SystemResolver::new() {
-            let ips = resolver.ips("192.0.2.1").await.unwrap();
-            assert_eq!(ips, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
-        }
     }
 }

@@ -3,16 +3,21 @@
 //!
 //! Scripts write bare LF; that is normal here and becomes CRLF. A lone CR inside the
 //! header section is refused: some programs read it as a line break and some do not, so
-//! it could make a header (a `Bcc:`) that only one side sees. Lines end at LF only.
-
-use mail_parser::{HeaderName, HeaderValue, MessageParser};
+//! it could make a header (a `Bcc:`) that only one side sees. Lines end at LF only. A
+//! NUL byte anywhere is refused.
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
     #[error("the header section contains a bare CR (line {0}); end lines with LF or CRLF")]
     BareCrInHeader(usize),
-    #[error("the header section contains a NUL byte (line {0})")]
-    NulInHeader(usize),
+    #[error(
+        "the message contains a NUL byte (line {0}), which mail cannot carry; encode binary data (base64)"
+    )]
+    Nul(usize),
+    #[error(
+        "the {field}: field is not a valid address list ({reason}); with -t the recipients come from To:, Cc: and Bcc:, so fix the field or name the recipients as arguments"
+    )]
+    BadAddressList { field: String, reason: String },
 }
 
 /// A submitted message split into its header fields and body, CRLF throughout.
@@ -28,6 +33,12 @@ impl Prepared {
     /// Splits and normalises raw input. A first line `From ` (an mbox separator) is
     /// dropped; a line that is not a header ends the header section, as in Postfix.
     pub fn parse(raw: &[u8]) -> Result<Prepared, MessageError> {
+        // NUL is not mail text anywhere (RFC 5322 §2.3): a next hop that drops it could
+        // read `<CRLF><NUL>.<CRLF>` as the end of the data.
+        if let Some(at) = raw.iter().position(|&b| b == 0) {
+            let line = raw[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            return Err(MessageError::Nul(line));
+        }
         let mut lines = split_lines(raw).peekable();
         if lines.peek().is_some_and(|l| l.starts_with(b"From ")) {
             lines.next();
@@ -77,21 +88,29 @@ impl Prepared {
             .any(|f| field_name(f).eq_ignore_ascii_case(name.as_bytes()))
     }
 
-    /// The addresses of the To, Cc and Bcc fields, in order (for `sendmail -t`).
-    pub fn header_recipients(&self) -> Vec<String> {
-        let section = self.header_section();
-        let Some(parsed) = MessageParser::default().parse_headers(&section) else {
-            return Vec::new();
-        };
+    /// The addresses of the To, Cc and Bcc fields, in order (for `sendmail -t`). A field
+    /// whose address list is malformed is an error, never a guess (see
+    /// [`address_list`](super::address_list)).
+    pub fn header_recipients(&self) -> Result<Vec<String>, MessageError> {
         let mut out = Vec::new();
-        for name in [HeaderName::To, HeaderName::Cc, HeaderName::Bcc] {
-            for value in parsed.header_values(name) {
-                if let HeaderValue::Address(list) = value {
-                    out.extend(list.iter().filter_map(|a| a.address()).map(str::to_string));
-                }
+        for field in &self.fields {
+            let name = String::from_utf8_lossy(field_name(field)).to_string();
+            if !["To", "Cc", "Bcc"]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&name))
+            {
+                continue;
             }
+            let colon = field.iter().position(|&b| b == b':').unwrap_or(0);
+            let value = String::from_utf8_lossy(&field[colon + 1..]);
+            let addresses =
+                super::address_list::parse(&value).map_err(|e| MessageError::BadAddressList {
+                    field: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            out.extend(addresses);
         }
-        out
+        Ok(out)
     }
 
     /// Drops every Bcc field: the copy that is delivered must not reveal them.
@@ -152,9 +171,6 @@ fn field_name(field: &[u8]) -> &[u8] {
 fn check_header_line(line: &[u8], line_no: usize) -> Result<(), MessageError> {
     if line.contains(&b'\r') {
         return Err(MessageError::BareCrInHeader(line_no));
-    }
-    if line.contains(&0) {
-        return Err(MessageError::NulInHeader(line_no));
     }
     Ok(())
 }
@@ -220,7 +236,7 @@ mod tests {
             "To: =?UTF-8?B?SsO2cmc=?= <jorg@example.com>,\n  b@example.com\nCc: Group: c@example.com, d@example.com;\nBcc: e@example.com\nSubject: x\n\nbody To: nope@example.com\n",
         );
         assert_eq!(
-            p.header_recipients(),
+            p.header_recipients().unwrap(),
             [
                 "jorg@example.com",
                 "b@example.com",
@@ -254,7 +270,30 @@ mod tests {
     fn injected_text_in_a_folded_value_names_no_extra_recipient() {
         // "Bcc:" inside a continuation line is part of the Subject, not a field.
         let p = prepared("To: a@example.com\nSubject: hello\n Bcc: evil@remote.test\n\nb\n");
-        assert_eq!(p.header_recipients(), ["a@example.com"]);
+        assert_eq!(p.header_recipients().unwrap(), ["a@example.com"]);
+    }
+
+    #[test]
+    fn a_malformed_recipient_field_is_an_error_naming_the_field() {
+        // As a non-interpreting printf passes "\r\n": literal backslashes.
+        let p = prepared("To: a@remote.test\\r\\nBcc: b@example.com\nSubject: x\n\nb\n");
+        let err = p.header_recipients().unwrap_err();
+        assert!(
+            matches!(&err, MessageError::BadAddressList { field, .. } if field == "To"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_nul_byte_anywhere_is_refused_with_its_line() {
+        assert_eq!(
+            Prepared::parse(b"Subject: x\0\n\nbody\n").unwrap_err(),
+            MessageError::Nul(1)
+        );
+        assert_eq!(
+            Prepared::parse(b"Subject: x\n\nfirst\n\0.\nsecond\n").unwrap_err(),
+            MessageError::Nul(4)
+        );
     }
 
     #[test]

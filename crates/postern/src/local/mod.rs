@@ -11,7 +11,7 @@
 //! Submissions pass the same policy (recipient checks, limits) and the same spool as
 //! SMTP mail. No setuid or setgid binary exists.
 
-pub mod attribution;
+pub mod address_list;
 pub mod message;
 pub mod request;
 pub mod sendmail;

@@ -1,21 +1,21 @@
-//! One local submission: from a [`Request`] and the raw message to a queued message,
-//! through the same policy and spool as SMTP mail.
+//! One local submission: from a [`Request`] and the raw message to an [`intake`]
+//! submission, through the same policy as SMTP mail. What is `sendmail`'s own stays
+//! here: the default sender, `-t` and Bcc removal, a `From:` when the script wrote
+//! none, the PHP script's name, and the sysexits codes of the answer.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Local;
 use postern_proto::{ForwardPath, Mailbox, ReversePath};
 
-use super::attribution::LocalClient;
 use super::message::Prepared;
 use super::request::{Request, Response, exit};
+use crate::attribution::LocalClient;
+use crate::context::{Context, Settings};
 use crate::facts;
-use crate::headers;
-use crate::policy::{self, Reason, Submitter, Verdict};
-use crate::queue::{Envelope, Origin, QueueId};
-use crate::ratelimit::{self, Measure};
-use crate::server::Context;
+use crate::intake;
+use crate::policy::{self, LocalOwnership, Reason, Submitter, Verdict};
+use crate::queue::QueueId;
+use crate::ratelimit::Measure;
 
 /// Queues a locally submitted message, or says why not (with the sysexits code).
 pub async fn submit(ctx: &Context, client: &LocalClient, request: Request, raw: &[u8]) -> Response {
@@ -34,11 +34,26 @@ async fn queue_message(
     let settings = ctx.settings();
     let config = &settings.config;
     let sender = envelope_sender(&config.hostname, client, request.sender.as_deref())?;
+    let sender = owned_sender(&settings, client, sender);
     let mut message = Prepared::parse(raw)
         .map_err(|e| Response::new(exit::DATA_ERROR, format!("malformed message: {e}")))?;
+    let script = message
+        .field_value("X-PHP-Originating-Script")
+        .map(|v| originating_script(&v));
+    let origin = intake::Origin::Local(intake::LocalSubmitter {
+        client: client.clone(),
+        script,
+    });
+    let log_refusal = |verdict: &Verdict, rcpt: Option<&ForwardPath>| {
+        let rcpt = rcpt.map(ToString::to_string);
+        origin.log_rejected(verdict.reason, &sender.to_string(), rcpt.as_deref());
+    };
     let mut wanted = request.recipients.clone();
     if request.extract_recipients {
-        wanted.extend(message.header_recipients());
+        let from_headers = message
+            .header_recipients()
+            .map_err(|e| Response::new(exit::DATA_ERROR, e.to_string()))?;
+        wanted.extend(from_headers);
         message.remove_bcc();
     }
     let rcpts = parse_recipients(&wanted)?;
@@ -62,16 +77,11 @@ async fn queue_message(
         let found = facts::recipient_facts(config, settings.users.as_ref(), rcpt);
         let verdict = policy::check_recipient(Submitter::LocalUser(&client.user.name), rcpt, found);
         if !verdict.is_accepted() {
-            log_refusal(client, &verdict, &sender, Some(rcpt));
+            log_refusal(&verdict, Some(rcpt));
             return Err(refusal(&verdict));
         }
     }
-    let budgets = ratelimit::budgets(
-        &config.limits,
-        None,
-        Some((client.user.uid, &client.user.name)),
-        None,
-    );
+    let budgets = origin.budgets(&config.limits);
     for (measure, count, what) in [
         (Measure::Messages, 1, "messages"),
         (Measure::Recipients, rcpts.len() as u32, "recipients"),
@@ -95,108 +105,68 @@ async fn queue_message(
             .check_all(&budgets, measure, count, Instant::now())
         {
             let verdict = policy::rate_limited(&budget.who, budget.limit(measure), what, wait);
-            log_refusal(client, &verdict, &sender, None);
+            log_refusal(&verdict, None);
             return Err(refusal(&verdict));
         }
     }
 
-    let queue_id = QueueId::generate();
-    let now = Local::now();
-    let mut prefix = headers::received_local(&config.hostname, client.user.uid, now);
     if !message.has_field("From") {
-        prefix.push_str(&from_field(
+        let from = from_field(
             client,
             request.full_name.as_deref(),
             &sender,
             &config.hostname,
-        ));
+        );
+        message.fields.insert(0, from.into_bytes());
     }
-    prefix.push_str(&headers::missing_submission_headers(
-        &message.header_section(),
-        &config.hostname,
-        queue_id.as_str(),
-        now,
-    ));
-    let script = message
-        .field_value("X-PHP-Originating-Script")
-        .map(|v| originating_script(&v));
-    let body = message.into_bytes();
-    let prefix = dkim_signature(&settings.signer, &prefix, &body)? + &prefix;
-    let mut stored = prefix.into_bytes();
-    stored.extend_from_slice(&body);
-    let stored = Arc::new(stored);
-    let size = stored.len() as u64;
-    if size > config.limits.max_message_size as u64 {
-        return Err(Response::new(
-            exit::DATA_ERROR,
-            format!(
-                "message too big: the limit is {} bytes",
-                config.limits.max_message_size
-            ),
-        ));
-    }
-    let addresses = facts::delivery_addresses(config, settings.users.as_ref(), &rcpts);
-    let envelope = Envelope::new(
-        queue_id.clone(),
-        sender.to_string(),
-        addresses,
-        Origin::Local {
-            uid: client.user.uid,
-            user: client.user.name.clone(),
-        },
-        size,
-        chrono::Utc::now().timestamp(),
-    );
-    // Counted now, under one lock with the check: parallel submissions by one user all
-    // passed the check above, and only one of them may take the last place.
-    let reserved = ctx
-        .rates
-        .reserve_message(&budgets, rcpts.len() as u32, Instant::now());
-    if let Err((budget, measure, wait)) = reserved {
-        let verdict =
-            policy::rate_limited(&budget.who, budget.limit(measure), measure.noun(), wait);
-        log_refusal(client, &verdict, &sender, None);
-        return Err(refusal(&verdict));
-    }
-    let log_accepted = accepted_line(client, &envelope, script);
-    let accepted = crate::intake::accept(&ctx.spool, &ctx.delivery, envelope, stored, log_accepted);
-    if let Err(e) = accepted.await {
-        tracing::error!(event = "spool_failed", queue_id = %queue_id, uid = client.user.uid, error = %e);
-        return Err(Response::new(
-            exit::TEMPORARY,
-            "the message could not be stored (the server's disk or queue has a problem); try again later",
-        ));
-    }
-    crate::metrics::message_accepted("local");
-    Ok(queue_id)
+    let submission = intake::Submission {
+        origin,
+        sender,
+        recipients: rcpts,
+        message: message.into_bytes(),
+    };
+    intake::accept(ctx, &settings, submission)
+        .await
+        .map_err(|verdict| refusal(&verdict))
 }
 
-/// The DKIM-Signature when the From: domain has a key; a message that cannot be signed
-/// is never sent unsigned.
-fn dkim_signature(
-    signer: &crate::mailauth::sign::Signer,
-    prefix: &str,
-    body: &[u8],
-) -> Result<String, Response> {
-    if signer.is_empty() {
-        return Ok(String::new());
+/// `-f` with an address the user does not own ([`policy::local_user_owns`]) becomes its
+/// own `user@hostname`, and the log says so: the message still goes out (a contact form
+/// may put a visitor's address in From:), but bounces come back to the user, and no
+/// customer makes another's mailbox the return path of its mail.
+fn owned_sender(settings: &Settings, client: &LocalClient, requested: ReversePath) -> ReversePath {
+    let ReversePath::Mailbox(address) = &requested else {
+        return requested;
+    };
+    let config = &settings.config;
+    let uid = client.user.uid;
+    let owned_domains = settings.users.domains_owned_by(uid).unwrap_or_default();
+    let address_owner = settings
+        .users
+        .lookup(&address.to_string())
+        .ok()
+        .flatten()
+        .and_then(|account| account.owner)
+        .map(|(owner, _)| owner);
+    let ownership = LocalOwnership {
+        uid,
+        user: &client.user.name,
+        hostname: &config.hostname,
+        owned_domains: &owned_domains,
+        granted: config.local_sender_grants(&client.user.name),
+        address_owner,
+    };
+    if policy::local_user_owns(&ownership, address) {
+        return requested;
     }
-    let mut whole = Vec::with_capacity(prefix.len() + body.len());
-    whole.extend_from_slice(prefix.as_bytes());
-    whole.extend_from_slice(body);
-    match signer.sign(&whole) {
-        Ok(signature) => Ok(signature.unwrap_or_default()),
-        Err(e) if e.is_permanent() => Err(Response::new(
-            exit::DATA_ERROR,
-            format!("cannot DKIM-sign this message: {e}"),
-        )),
-        Err(e) => {
-            tracing::error!(event = "dkim_failed", error = %e);
-            Err(Response::new(
-                exit::TEMPORARY,
-                "the message could not be DKIM-signed; try again later",
-            ))
+    let own = format!("{}@{}", client.user.name, config.hostname);
+    match Mailbox::parse(&own) {
+        Ok(mailbox) => {
+            tracing::info!(event = "sender_rewritten", origin = "local", uid, user = %client.user.name, requested = %address, sender = %own, msg = "-f names an address this user does not own: its own address is the envelope sender");
+            ReversePath::Mailbox(mailbox)
         }
+        // A user name that makes no address: keep the null sender rather than theirs.
+        Err(_) => ReversePath::Null,
     }
 }
 
@@ -234,11 +204,13 @@ fn parse_recipients(texts: &[String]) -> Result<Vec<ForwardPath>, Response> {
     Ok(out)
 }
 
-/// sysexits for a policy refusal: temporary → 75, no such user → 67, else 77.
+/// sysexits for a refusal: temporary → 75, no such user → 67, a message that can never
+/// be signed → 65, else 77.
 fn refusal(verdict: &Verdict) -> Response {
     let code = match verdict.reason {
         _ if verdict.reply.is_transient() => exit::TEMPORARY,
         Reason::UnknownUser => exit::NO_USER,
+        Reason::DkimFailed => exit::DATA_ERROR,
         _ => exit::NO_PERMISSION,
     };
     Response::new(code, verdict.reply.text())
@@ -286,60 +258,10 @@ fn originating_script(value: &str) -> String {
         .to_string()
 }
 
-/// The `accepted` log line of a message, to write once it is committed.
-fn accepted_line(
-    client: &LocalClient,
-    envelope: &Envelope,
-    script: Option<String>,
-) -> impl FnOnce() + Send + 'static {
-    let (client, queue_id, from) = (
-        client.clone(),
-        envelope.queue_id.clone(),
-        envelope.from.clone(),
-    );
-    let (nrcpt, size) = (envelope.recipients.len(), envelope.size);
-    move || {
-        tracing::info!(
-            event = "accepted",
-            queue_id = %queue_id,
-            from = %from,
-            nrcpt,
-            size,
-            origin = "local",
-            uid = client.user.uid,
-            user = %client.user.name,
-            pid = client.process.as_ref().map(|p| p.pid),
-            cmd = client.process.as_ref().map(|p| p.cmd.as_str()),
-            script = script.as_deref(),
-            parent_pid = client.parent.as_ref().map(|p| p.pid),
-            parent_cmd = client.parent.as_ref().map(|p| p.cmd.as_str()),
-            cwd = client.parent.as_ref().and_then(|p| p.cwd.as_deref()),
-        );
-    }
-}
-
-fn log_refusal(
-    client: &LocalClient,
-    verdict: &Verdict,
-    from: &ReversePath,
-    rcpt: Option<&ForwardPath>,
-) {
-    tracing::info!(
-        event = "rejected",
-        origin = "local",
-        uid = client.user.uid,
-        user = %client.user.name,
-        pid = client.process.as_ref().map(|p| p.pid),
-        reason = verdict.reason.as_str(),
-        from = %from,
-        rcpt = rcpt.map(ToString::to_string),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::attribution::UnixUser;
+    use crate::attribution::UnixUser;
 
     fn client() -> LocalClient {
         LocalClient {

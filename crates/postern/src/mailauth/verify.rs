@@ -48,7 +48,7 @@ use mail_auth::{
 };
 use tokio::task::JoinSet;
 
-use crate::delivery::next_hop::{DnsError, Resolver};
+use crate::dns::{DnsError, Resolver};
 
 /// RFC 7208 §4.6.4: at most 10 mechanisms and modifiers that query DNS…
 const SPF_DNS_LIMIT: u32 = 10;
@@ -1030,7 +1030,7 @@ fn authserv_id_of(value: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::stub_resolver::StubResolver as Stub;
+    use crate::dns::stub::StubResolver as Stub;
     use mail_auth::common::crypto::Ed25519Key;
     use mail_auth::common::headers::HeaderWriter;
     use mail_auth::dkim::DkimSigner;

@@ -8,6 +8,7 @@
 pub mod envelope;
 pub mod queue_id;
 pub mod spool;
+pub mod spool_file;
 
 pub use envelope::{Envelope, Origin, Recipient, RecipientStatus};
 pub use queue_id::QueueId;

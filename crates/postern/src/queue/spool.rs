@@ -1,27 +1,10 @@
 //! The spool: the on-disk queue under `<data_dir>/queue/`, and the one writer for every
-//! path into it (SMTP and local submission alike).
+//! path into it (SMTP and local submission alike). What each file holds and how it is
+//! named is [`spool_file`]'s; the order in which files reach the disk is this module's.
 //!
 //! It owns the files and the order in which they reach the disk. It must not know about
 //! SMTP sessions, decide policy, or schedule deliveries. It never syncs the whole
 //! filesystem (`syncfs`): on a shared host that would flush every customer's data.
-//!
-//! # Layout
-//!
-//! | name | what it is |
-//! | --- | --- |
-//! | `queue/<ID>.msg` | a header line `postern-queue-1 <envelope length> <message length>`, the envelope as first committed (JSON of that length) and a newline, the message, then zeros up to a multiple of 4 KiB. (Files written before the message length was recorded have one number, and the message runs to the end.) Never changed once written. **The commit point:** a message is in the queue iff its `.msg` exists |
-//! | `queue/<ID>.env` | the envelope's later states (recipients done, retry times) as JSON, rewritten atomically; when present it supersedes the envelope in the `.msg` |
-//! | `queue/tmp-<ID>.<ext>.<random>` | a file being written; never read, removed by [`Spool::recover`] |
-//! | `queue/free-<random>` | a blanked file (all zeros) of a finished message, kept for reuse (see below); also written in place for the next message before its rename |
-//! | `queue/corrupt/` | items whose envelope could not be read, set aside by [`Spool::recover`] for a human |
-//!
-//! One file per new message: most messages are delivered at the first attempt, and never
-//! get a `.env`. Items written by earlier versions (a `.msg` with the message only, and
-//! the envelope in `.env`) are still read: a `.msg` without the header line is all message.
-//!
-//! Only names made of a valid [`QueueId`] and a known extension are read as queue items,
-//! so stray files in the directory are ignored. Every state is a file name, not a
-//! directory: the queue is one flat directory so that one directory fsync covers a commit.
 //!
 //! # Order of writes
 //!
@@ -42,11 +25,10 @@
 //! A finished message's files are not unlinked but renamed to `free-<random>`, blanked
 //! (overwritten with zeros), and reused for the next message written (up to [`MAX_FREE_FILES`]): the next message is
 //! written into the free file where it is and renamed to its `.msg`. Creating and
-//! deleting inodes per message is what a busy queue spends most of its CPU on: the
-//! profile of the MX benchmark showed 45 % of the server's CPU in ext4's inode allocator
-//! (which, on a file system without a journal, skips every inode freed in the last minutes,
-//! one by one) and another quarter spinning on the directory lock held meanwhile. A rename
-//! allocates nothing. The name says what a file is, so a crash at any point leaves
+//! deleting inodes per message is what a busy queue spends most of its CPU on: ext4's
+//! inode allocator, on a file system without a journal, skips every inode freed in the
+//! last minutes, one by one, while other writers spin on the directory lock it holds
+//! (the profile is in `docs/benchmarks.md`). A rename allocates nothing. The name says what a file is, so a crash at any point leaves
 //! either a queue item, a temporary file (removed by [`Spool::recover`]) or a free file
 //! (taken back into the pool, overwritten when reused).
 
@@ -59,31 +41,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{info, warn};
 
+use super::spool_file::{
+    self, ENVELOPE_EXT, FREE_PREFIX, Header, MESSAGE_EXT, TEMP_PREFIX, file_name, parse_file_name,
+    parse_header, read_envelope_from,
+};
 use super::{Envelope, QueueId};
 use crate::group_commit::{GroupCommit, NoResult};
 
 const QUEUE_DIR: &str = "queue";
 const CORRUPT_DIR: &str = "corrupt";
-const TEMP_PREFIX: &str = "tmp-";
-const FREE_PREFIX: &str = "free-";
 /// Finished files up to this size are blanked with zeros and keep their blocks; larger
 /// ones are truncated.
 const BLANK_AT_MOST: u64 = 64 * 1024;
 /// The most blanked files kept for reuse; beyond that, finished files are unlinked. A
 /// burst leaves as many free files as it had messages in the queue at once, and unlinking
 /// the surplus makes the next files created nearby (Maildir files) slower to allocate on
-/// ext4 without a journal: the MX benchmark run after the submission ones lost a third of
-/// its rate at 1,024. At most 4,096 × [`BLANK_AT_MOST`] (256 MiB) of disk stays allocated.
+/// ext4 without a journal (a lower bound measurably slowed the MX benchmark, see
+/// `docs/benchmarks.md`). At most 4,096 × [`BLANK_AT_MOST`] (256 MiB) of disk stays allocated.
 pub const MAX_FREE_FILES: usize = 4096;
-const MESSAGE_EXT: &str = "msg";
-/// A `.msg` is padded with zeros to a multiple of this (see [`SpoolDir::stage_commit`]).
-const PAD_TO: usize = 4096;
-/// The first word of a `.msg` that starts with its envelope.
-const HEADER_MAGIC: &str = "postern-queue-1";
-/// The longest header line and envelope read back: a bound against a damaged file.
-const MAX_HEADER_LINE: u64 = 64;
-const MAX_ENVELOPE_LEN: usize = 16 << 20;
-const ENVELOPE_EXT: &str = "env";
 const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
 
@@ -181,9 +156,10 @@ impl Spool {
     }
 
     /// [`commit`](Spool::commit), then, if the commit succeeded, runs `then` on the same
-    /// blocking thread once the caller has been told: the first delivery attempt
-    /// ([`Dispatcher::first_attempt`](crate::delivery::dispatcher::Dispatcher::first_attempt))
-    /// starts there without a hand-over to another thread. The caller's future resolves
+    /// blocking thread once the caller has been told: the message is handed to its first
+    /// delivery attempt there
+    /// ([`Dispatcher::first_attempt`](crate::delivery::dispatcher::Dispatcher::first_attempt)).
+    /// The caller's future resolves
     /// before `then` runs, and `then` runs even if that future was dropped.
     pub async fn commit_then(
         &self,
@@ -323,10 +299,7 @@ impl SpoolDir {
     /// its size and its blocks, so a commit neither truncates it (freeing blocks) nor
     /// extends it (allocating them again), which would add bitmap writes to its fsync.
     fn stage_commit(&self, id: QueueId, json: &[u8], message: &[u8]) -> Result<Change, SpoolError> {
-        static ZEROS: [u8; PAD_TO] = [0; PAD_TO];
-        let header = format!("{HEADER_MAGIC} {} {}\n", json.len(), message.len());
-        let written = header.len() + json.len() + 1 + message.len();
-        let padding = &ZEROS[..(PAD_TO - written % PAD_TO) % PAD_TO];
+        let (header, padding) = spool_file::framing(json, message);
         let all: [&[u8]; 5] = [header.as_bytes(), json, b"\n", message, padding];
         let item = self.write_temp(&file_name(&id, MESSAGE_EXT), &all)?;
         Ok(Change::Commit { id, item })
@@ -588,19 +561,6 @@ struct Scan {
     envelopes: BTreeSet<QueueId>,
 }
 
-fn file_name(id: &QueueId, ext: &str) -> String {
-    format!("{id}.{ext}")
-}
-
-/// `<ID>.msg` or `<ID>.env`; anything else is not a queue item.
-fn parse_file_name(name: &str) -> Option<(QueueId, &'static str)> {
-    let (stem, ext) = name.split_once('.')?;
-    let ext = [MESSAGE_EXT, ENVELOPE_EXT]
-        .into_iter()
-        .find(|known| *known == ext)?;
-    Some((QueueId::parse(stem)?, ext))
-}
-
 fn encode(envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
     serde_json::to_vec_pretty(envelope).map_err(|source| SpoolError::Encode {
         id: envelope.queue_id.clone(),
@@ -659,7 +619,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Overwrites a finished file with zeros, keeping its size and its blocks: the next
 /// message written over it needs no block allocation, and an `fdatasync` of the same size
-/// writes no metadata (truncating instead cost a fifth of the MX benchmark's throughput).
+/// writes no metadata (truncating frees blocks that the next message allocates again).
 /// Files above [`BLANK_AT_MOST`] are truncated instead, so that a few large messages do
 /// not keep their disk space. Not fsynced: the zeros reach the disk with the next
 /// writeback, or are replaced by the next message first.
@@ -795,46 +755,6 @@ fn reuse(free: &Path) -> io::Result<File> {
     opened
 }
 
-/// What a `.msg` starts with.
-enum Header {
-    /// The header line: the envelope is `len` bytes from `start`, then a newline, then
-    /// the message: `message_len` bytes (then padding) or, in files written before the
-    /// length was recorded, everything to the end.
-    Envelope {
-        start: usize,
-        len: usize,
-        message_len: Option<usize>,
-    },
-    /// No header: a message written by an earlier version, all message.
-    None,
-    Damaged(String),
-}
-
-fn parse_header(bytes: &[u8]) -> Header {
-    let Some(rest) = bytes.strip_prefix(HEADER_MAGIC.as_bytes()) else {
-        return Header::None;
-    };
-    let line_end = rest
-        .iter()
-        .take(MAX_HEADER_LINE as usize)
-        .position(|&b| b == b'\n');
-    let numbers: Option<Vec<usize>> = line_end
-        .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
-        .and_then(|line| line.split_whitespace().map(|n| n.parse().ok()).collect());
-    match (line_end, numbers.as_deref()) {
-        (Some(end), Some(&[len, ref message_len @ ..]))
-            if len <= MAX_ENVELOPE_LEN && message_len.len() <= 1 =>
-        {
-            Header::Envelope {
-                start: HEADER_MAGIC.len() + end + 1,
-                len,
-                message_len: message_len.first().copied(),
-            }
-        }
-        _ => Header::Damaged("bad header line".into()),
-    }
-}
-
 /// Whether the `.msg` at `path` starts with the envelope of another queue ID.
 fn holds_another_message(path: &Path, id: &QueueId) -> bool {
     read_stored_envelope(path)
@@ -877,34 +797,6 @@ fn ensure_still_named(file: &File, path: &Path) -> io::Result<()> {
     }
 }
 
-/// The envelope at the start of an open `.msg` (see [`read_stored_envelope`]).
-fn read_envelope_from(file: &mut File) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut head = vec![0u8; HEADER_MAGIC.len() + MAX_HEADER_LINE as usize];
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    head.truncate(filled);
-    let (start, len) = match parse_header(&head) {
-        Header::Envelope { start, len, .. } => (start, len),
-        Header::None | Header::Damaged(_) => return Ok(Vec::new()),
-    };
-    let mut envelope = head.split_off(start.min(head.len()));
-    if envelope.len() < len {
-        let missing = len - envelope.len();
-        let read = file.take(missing as u64).read_to_end(&mut envelope)?;
-        if read < missing {
-            return Ok(Vec::new());
-        }
-    }
-    envelope.truncate(len);
-    Ok(envelope)
-}
-
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.persisted {
@@ -926,6 +818,7 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::spool_file::{HEADER_MAGIC, PAD_TO};
     use crate::queue::{Origin, RecipientStatus};
     use std::os::unix::fs::PermissionsExt;
 

@@ -17,21 +17,18 @@ use postern_proto::server::{Action, Question, Session, SessionConfig, Transactio
 use postern_proto::{ForwardPath, Reply, ReversePath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
-use super::admission::Refusal;
-use super::{Context, Settings};
+use crate::admission::Refusal;
+use crate::attribution::{UnixUser, canonical, is_from_this_host, local_owner};
 use crate::auth::{AccountLimits, Verification};
 use crate::config::{Listener, Role};
+use crate::context::{Context, Counted, Settings};
 use crate::facts;
-use crate::headers;
 use crate::intake;
-use crate::local::attribution::{UnixUser, loopback_owner};
-use crate::mailauth::verify::strip_forged_results;
 use crate::metrics;
-use crate::policy::{self, Verdict};
-use crate::queue::{Envelope, Origin, QueueId};
-use crate::ratelimit::{self, Budget, Measure};
+use crate::policy::{self, Reason, Verdict};
+use crate::ratelimit::Measure;
+use crate::shutdown::Shutdown;
 use crate::stream::Stream;
 
 /// A TLS handshake that takes longer is a stalled or hostile client.
@@ -56,7 +53,7 @@ pub struct Connection {
     out: Vec<u8>,
     /// A policy refusal already logged with its reason, so the reply is not logged again.
     logged_refusal: Option<Reply>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     shutting_down: bool,
 }
 
@@ -66,8 +63,10 @@ pub async fn serve(
     listener: Listener,
     tcp: TcpStream,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
+    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: one client, one name.
+    let peer = canonical(peer);
     let _ = tcp.set_nodelay(true);
     let _counted = Counted::new(ctx.clone(), &listener.name);
     let settings = ctx.settings();
@@ -122,27 +121,6 @@ pub async fn serve(
     }
 }
 
-/// Counts a connection (metrics, `postern status`) for as long as it lives.
-pub struct Counted(Arc<Context>, String);
-
-impl Counted {
-    pub fn new(ctx: Arc<Context>, listener: &str) -> Counted {
-        metrics::connection_opened(listener);
-        ctx.active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Counted(ctx, listener.to_string())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        metrics::connection_closed(&self.1);
-        self.0
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Says `421` and closes, without TLS (even on `submissions`: the refusal is no secret
 /// and a handshake would cost what the limit is there to save).
 async fn turn_away(
@@ -152,8 +130,9 @@ async fn turn_away(
     key: &str,
     refusal: Refusal,
 ) {
-    metrics::message_rejected(refusal.reason());
-    tracing::info!(event = "rejected", listener = %listener.name, client = %client, reason = refusal.reason(), key = %key);
+    let reason = refusal.reason().as_str();
+    metrics::message_rejected(reason);
+    tracing::info!(event = "rejected", listener = %listener.name, client = %client, reason, key = %key);
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
         tcp.write_all(&Reply::too_many_connections().to_bytes()),
@@ -161,13 +140,14 @@ async fn turn_away(
     .await;
 }
 
-/// Who owns the client socket of a loopback connection, when the kernel says.
+/// Who owns the client socket of a connection made from this host, when the kernel says.
 async fn socket_owner(tcp: &TcpStream, peer: SocketAddr) -> Option<UnixUser> {
-    if !peer.ip().is_loopback() {
+    let local = tcp.local_addr().ok()?;
+    let (peer, local) = (canonical(peer), canonical(local));
+    if !is_from_this_host(peer.ip(), local.ip()) {
         return None;
     }
-    let local = tcp.local_addr().ok()?;
-    tokio::task::spawn_blocking(move || loopback_owner(peer, local).map(UnixUser::lookup))
+    tokio::task::spawn_blocking(move || local_owner(peer, local).map(UnixUser::lookup))
         .await
         .ok()
         .flatten()
@@ -200,7 +180,7 @@ impl Connection {
                 Action::Send(reply) => self.send(reply),
                 Action::Ask(question) => self.answer(question).await,
                 Action::Spool(tx) => {
-                    let result = self.spool(tx).await;
+                    let result = self.take_in(tx).await;
                     self.session.handle_spooled(result);
                 }
                 Action::StartTls => self.start_tls().await?,
@@ -239,7 +219,7 @@ impl Connection {
             } else {
                 tokio::select! {
                     r = read => r,
-                    _ = self.shutdown.changed() => {
+                    _ = self.shutdown.requested() => {
                         self.shutting_down = true;
                         continue;
                     }
@@ -290,12 +270,13 @@ impl Connection {
 
     fn send(&mut self, reply: Reply) {
         if reply.code >= 400 && self.logged_refusal.take().as_ref() != Some(&reply) {
-            metrics::message_rejected(session_refusal_reason(&reply));
+            let reason = session_refusal_reason(&reply).as_str();
+            metrics::message_rejected(reason);
             tracing::info!(
                 event = "rejected",
                 listener = %self.listener.name,
                 client = %self.client,
-                reason = session_refusal_reason(&reply),
+                reason,
                 reply = %reply,
             );
         }
@@ -329,8 +310,12 @@ impl Connection {
     async fn answer(&mut self, question: Question) {
         match question {
             Question::Mail { from, .. } => {
-                let mut verdict =
-                    policy::check_sender(self.listener.role, self.session.login(), &from);
+                let mut verdict = policy::check_sender(
+                    self.listener.role,
+                    self.session.login(),
+                    self.settings.config.sender_scope,
+                    &from,
+                );
                 if verdict.is_accepted()
                     && let Some(limited) = self.rate_limit(Measure::Messages, 1)
                 {
@@ -373,29 +358,10 @@ impl Connection {
         if verdict.is_accepted() {
             return;
         }
-        metrics::message_rejected(verdict.reason.as_str());
-        tracing::info!(
-            event = "rejected",
-            listener = %self.listener.name,
-            client = %self.client,
-            reason = verdict.reason.as_str(),
-            from = %from,
-            rcpt = %rcpt.map(ToString::to_string).unwrap_or_default(),
-            auth = self.session.login().unwrap_or("-"),
-            uid = self.owner.as_ref().map(|o| o.uid),
-            user = self.owner.as_ref().map(|o| o.name.as_str()),
-        );
+        let rcpt = rcpt.map(ToString::to_string);
+        self.origin()
+            .log_rejected(verdict.reason, &from.to_string(), rcpt.as_deref());
         self.logged_refusal = Some(verdict.reply.clone());
-    }
-
-    /// The hourly budgets this session's mail counts against.
-    fn budgets(&self) -> Vec<Budget> {
-        ratelimit::budgets(
-            &self.settings.config.limits,
-            self.session.login().map(|l| (l, self.account_limits)),
-            self.owner.as_ref().map(|o| (o.uid, o.name.as_str())),
-            Some(self.client),
-        )
     }
 
     /// Over an hourly limit of messages (`count` 1 at MAIL) or recipients?
@@ -403,24 +369,12 @@ impl Connection {
         let (budget, wait) = self
             .ctx
             .rates
-            .check_all(&self.budgets(), measure, count, Instant::now())
-            .err()?;
-        Some(policy::rate_limited(
-            &budget.who,
-            budget.limit(measure),
-            measure.noun(),
-            wait,
-        ))
-    }
-
-    /// Counts the message against the hourly limits just before it is stored, or refuses
-    /// it if it no longer fits: sessions of the same sender in parallel all passed the
-    /// checks at MAIL and RCPT, and only one of them may take the last place.
-    fn reserve_budget(&self, recipients: u32) -> Option<Verdict> {
-        let (budget, measure, wait) = self
-            .ctx
-            .rates
-            .reserve_message(&self.budgets(), recipients, Instant::now())
+            .check_all(
+                &self.origin().budgets(&self.settings.config.limits),
+                measure,
+                count,
+                Instant::now(),
+            )
             .err()?;
         Some(policy::rate_limited(
             &budget.who,
@@ -443,9 +397,14 @@ impl Connection {
         let mechanism = credentials.mechanism.as_str();
         let login = credentials.login.to_lowercase();
         let key = self.failure_key();
+        // One check at a time per client, its failure delay included: parallel
+        // connections cannot get more checks than the limit, or share one delay.
+        let ctx = Arc::clone(&self.ctx);
+        let _turn = ctx.auth_failures.turn(&key).await;
         if let Some(left) = self.ctx.auth_failures.blocked_for(&key, Instant::now()) {
-            metrics::message_rejected("auth_blocked");
-            tracing::info!(event = "rejected", listener = %self.listener.name, client = %self.client, reason = "auth_blocked", user = %login);
+            let reason = Reason::AuthBlocked.as_str();
+            metrics::message_rejected(reason);
+            tracing::info!(event = "rejected", listener = %self.listener.name, client = %self.client, reason, user = %login);
             let reply = Reply::auth_blocked(left.as_secs().div_ceil(60).max(1));
             self.logged_refusal = Some(reply.clone());
             return Err(reply);
@@ -529,203 +488,40 @@ impl Connection {
         reply
     }
 
-    // --- Spool ---
+    // --- The message ---
 
-    /// Adds our headers and stores the message durably; only then may it be `250`'d.
-    async fn spool(&mut self, mut tx: Transaction) -> Result<String, Reply> {
-        let queue_id = QueueId::generate();
-        let from = tx.from.to_string();
-        let results = self.check_inbound(&mut tx, &from).await?;
-        let mut prefix = self.added_headers(&tx, queue_id.as_str());
-        // Our verdicts go right below our Received: header.
-        if let Some(at) = prefix.find("\r\n").and_then(|_| received_end(&prefix)) {
-            prefix.insert_str(at, &results);
-        }
-        let signature = self.sign(&prefix, &tx.body)?;
-        let prefix = signature + &prefix;
-        let rcpts = facts::delivery_addresses(
-            &self.settings.config,
-            self.settings.users.as_ref(),
-            &tx.rcpts,
-        );
-        let mut message = prefix.into_bytes();
-        message.extend_from_slice(&tx.body);
-        let message = Arc::new(message);
-        let size = message.len() as u64;
-        let envelope = Envelope::new(
-            queue_id.clone(),
-            from.clone(),
-            rcpts,
-            Origin::Smtp {
-                client: self.client.to_string(),
-                listener: self.listener.name.clone(),
-                login: self.session.login().map(str::to_string),
-            },
-            size,
-            chrono::Utc::now().timestamp(),
-        );
-        if let Some(limited) = self.reserve_budget(tx.rcpts.len() as u32) {
-            self.log_verdict(&limited, &tx.from, None);
-            return Err(limited.reply);
-        }
-        let log_accepted = self.accepted_line(&envelope);
-        let (spool, delivery) = (&self.ctx.spool, &self.ctx.delivery);
-        if let Err(e) = intake::accept(spool, delivery, envelope, message, log_accepted).await {
-            tracing::error!(event = "spool_failed", queue_id = %queue_id, client = %self.client, error = %e);
-            return Err(Reply::spool_failed());
-        }
-        metrics::message_accepted("smtp");
-        Ok(queue_id.to_string())
-    }
-
-    /// The `accepted` log line of a message, to write once it is committed.
-    fn accepted_line(&self, envelope: &Envelope) -> impl FnOnce() + Send + 'static {
-        let queue_id = envelope.queue_id.clone();
-        let (from, nrcpt, size) = (
-            envelope.from.clone(),
-            envelope.recipients.len(),
-            envelope.size,
-        );
-        let listener = self.listener.name.clone();
-        let client = self.client;
-        let auth = self.session.login().unwrap_or("-").to_string();
-        let uid = self.owner.as_ref().map(|o| o.uid);
-        let user = self.owner.as_ref().map(|o| o.name.clone());
-        move || {
-            tracing::info!(
-                event = "accepted",
-                queue_id = %queue_id,
-                from = %from,
-                nrcpt,
-                size,
-                listener = %listener,
-                client = %client,
-                auth = %auth,
-                uid,
-                user = user.as_deref(),
-            );
-        }
-    }
-
-    /// SPF, DKIM and DMARC on mail from outside (mx, not logged in): forged
-    /// Authentication-Results claiming our name are removed, and our own header is
-    /// returned; a DMARC p=reject failure is refused when enforcement is on.
-    async fn check_inbound(&mut self, tx: &mut Transaction, from: &str) -> Result<String, Reply> {
-        let config = &self.settings.config;
-        if self.session.login().is_some() || self.listener.role != Role::Mx {
-            return Ok(String::new());
-        }
-        let verdict = if config.inbound.verify {
-            let helo = self.session.helo().unwrap_or("");
-            Some(
-                self.settings
-                    .verifier
-                    .check(self.client, helo, from, &tx.body)
-                    .await,
-            )
-        } else {
-            None
-        };
-        if let std::borrow::Cow::Owned(stripped) = strip_forged_results(&tx.body, &config.hostname)
-        {
-            tx.body = stripped;
-        }
-        let Some(verdict) = verdict else {
-            return Ok(String::new());
-        };
-        if let Some(reason) = verdict.reject {
-            metrics::message_rejected("dmarc_reject");
-            tracing::info!(event = "rejected", listener = %self.listener.name, client = %self.client, reason = "dmarc_reject", from = %from);
-            let reply = Reply::dmarc_rejected(&reason);
-            self.logged_refusal = Some(reply.clone());
-            return Err(reply);
-        }
-        Ok(verdict.header)
-    }
-
-    /// The DKIM-Signature for an authenticated submission ("" when no key applies).
-    /// A message that cannot be signed is never sent unsigned: it is refused, for now
-    /// (451) or for good when it can never be signed.
-    fn sign(&mut self, prefix: &str, body: &[u8]) -> Result<String, Reply> {
-        let Some(login) = self.session.login() else {
-            return Ok(String::new());
-        };
-        if self.settings.signer.is_empty() {
-            return Ok(String::new());
-        }
-        // A login signs only for its own domain: one customer must never get mail
-        // signed with another customer's key by writing their domain into From:.
-        let login_domain = login
-            .rsplit_once('@')
-            .map_or("", |(_, d)| d)
-            .to_ascii_lowercase();
-        match crate::mailauth::sign::author_domain(body) {
-            Ok(Some(author))
-                if author == login_domain || author.ends_with(&format!(".{login_domain}")) => {}
-            Ok(author) => {
-                tracing::info!(event = "dkim_skipped", client = %self.client, auth = %login, author = author.as_deref().unwrap_or("-"), msg = "From: is not the login's domain: not signed");
-                return Ok(String::new());
-            }
-            Err(_) => {}
-        }
-        let mut whole = Vec::with_capacity(prefix.len() + body.len());
-        whole.extend_from_slice(prefix.as_bytes());
-        whole.extend_from_slice(body);
-        match self.settings.signer.sign(&whole) {
-            Ok(signature) => Ok(signature.unwrap_or_default()),
-            Err(e) => {
-                tracing::error!(event = "dkim_failed", client = %self.client, error = %e);
-                let reply = if e.is_permanent() {
-                    Reply::dkim_permanent(&e.to_string())
-                } else {
-                    Reply::dkim_failed()
-                };
-                self.logged_refusal = Some(reply.clone());
-                Err(reply)
-            }
-        }
-    }
-
-    fn added_headers(&self, tx: &Transaction, queue_id: &str) -> String {
-        let now = chrono::Local::now();
-        let single = match tx.rcpts.as_slice() {
-            [one] => Some(one.to_string()),
-            _ => None,
-        };
-        let trace = headers::SmtpTrace {
-            helo: self.session.helo().unwrap_or("unknown"),
-            client_ip: self.client,
-            hostname: &self.settings.config.hostname,
+    /// Who this client is, for intake, the limits and the log lines.
+    fn origin(&self) -> intake::Origin {
+        intake::Origin::Smtp(intake::SmtpClient {
+            listener: self.listener.name.clone(),
+            role: self.listener.role,
+            ip: self.client,
+            helo: self.session.helo().unwrap_or("").to_string(),
             esmtp: self.session.is_esmtp(),
             tls: self.session.is_tls(),
-            authenticated: self.session.login().is_some(),
-            queue_id,
-            single_recipient: single.as_deref(),
-            owner: self.owner.as_ref().map(|o| (o.uid, o.name.as_str())),
-        };
-        let mut prefix = headers::received_smtp(&trace, now);
-        if self.session.login().is_some() {
-            prefix.push_str(&headers::missing_submission_headers(
-                &tx.body,
-                &self.settings.config.hostname,
-                queue_id,
-                now,
-            ));
-        }
-        prefix
+            login: self.session.login().map(str::to_string),
+            account_limits: self.account_limits,
+            owner: self.owner.clone(),
+        })
     }
-}
 
-/// Where the `Received:` field (with its folded lines) ends in `prefix`.
-fn received_end(prefix: &str) -> Option<usize> {
-    let mut at = 0;
-    for line in prefix.split_inclusive("\r\n") {
-        if at > 0 && !line.starts_with([' ', '\t']) {
-            return Some(at);
+    /// Hands the message to intake; only its `Ok` may be `250`'d.
+    async fn take_in(&mut self, tx: Transaction) -> Result<String, Reply> {
+        let submission = intake::Submission {
+            origin: self.origin(),
+            sender: tx.from,
+            recipients: tx.rcpts,
+            message: tx.body,
+        };
+        match intake::accept(&self.ctx, &self.settings, submission).await {
+            Ok(queue_id) => Ok(queue_id.to_string()),
+            Err(verdict) => {
+                // Intake logged it.
+                self.logged_refusal = Some(verdict.reply.clone());
+                Err(verdict.reply)
+            }
         }
-        at += line.len();
     }
-    Some(at)
 }
 
 /// `step` (`limits.auth_failure_delay_ms`, half a second by default) more for each failed
@@ -735,20 +531,20 @@ fn tarpit(failures: u32, step: Duration) -> Duration {
     step.saturating_mul(failures.saturating_sub(1).min(8))
 }
 
-/// The `reason=` for a refusal the protocol session made on its own.
-fn session_refusal_reason(reply: &Reply) -> &'static str {
+/// The reason for a refusal the protocol session made on its own.
+fn session_refusal_reason(reply: &Reply) -> Reason {
     let enhanced = reply.enhanced.map(|e| (e.1, e.2));
     match (reply.code, enhanced) {
-        (552, _) => "message_too_big",
-        (452, _) => "too_many_recipients",
-        (550, Some((6, 0))) => "bad_message_data",
-        (421, Some((4, 2))) => "timeout",
-        (421, Some((3, 2))) => "shutting_down",
-        (421, _) => "too_many_errors",
-        (451, _) => "spool_failed",
-        (538, _) => "auth_without_tls",
-        (553, Some((6, 7))) => "smtputf8_required",
-        (501, _) if reply.text().starts_with("Authentication") => "auth_cancelled",
-        _ => "protocol_error",
+        (552, _) => Reason::MessageTooBig,
+        (452, _) => Reason::TooManyRecipients,
+        (550, Some((6, 0))) => Reason::BadMessageData,
+        (421, Some((4, 2))) => Reason::Timeout,
+        (421, Some((3, 2))) => Reason::ShuttingDown,
+        (421, _) => Reason::TooManyErrors,
+        (451, _) => Reason::SpoolFailed,
+        (538, _) => Reason::AuthWithoutTls,
+        (553, Some((6, 7))) => Reason::SmtputfRequired,
+        (501, _) if reply.text().starts_with("Authentication") => Reason::AuthCancelled,
+        _ => Reason::ProtocolError,
     }
 }

@@ -942,12 +942,46 @@ fn bad_envelopes_are_refused_and_the_session_stays_ready() {
     ] {
         let (envelope, body) = message(from, &rcpts, b"x\r\n");
         let err = c.send(&envelope, &body).unwrap_err();
-        assert!(matches!(err, Failure::Refused(_)), "{from:?} {rcpts:?}");
+        assert!(
+            matches!(
+                err,
+                Failure::Refused(Refusal::NoRecipients | Refusal::BadAddress(_))
+            ),
+            "{from:?} {rcpts:?}"
+        );
         assert!(err.is_permanent());
         assert_eq!(c.poll_action(), None);
     }
     let (envelope, body) = message("a@x.test", &["b@y.test"], b"x\r\n");
     assert_eq!(c.send(&envelope, &body), Ok(()));
+}
+
+#[test]
+fn refusals_are_typed_and_carry_their_status_code() {
+    let mut c = ready_client();
+    let (envelope, body) = message("a@x.test", &["b@y.test"], &[b'x'; 1001]);
+    let err = c.send(&envelope, &body).unwrap_err();
+    let Failure::Refused(refusal) = err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(
+        refusal,
+        Refusal::TooBig {
+            size: 1001,
+            limit: 1000
+        }
+    );
+    assert_eq!(refusal.enhanced(), Enhanced(5, 3, 4));
+    // An address that mentions an extension is still only a bad address.
+    let (envelope, body) = message("a@x.test", &["SIZE\nSMTPUTF8@y.test\n"], b"x\r\n");
+    let err = c.send(&envelope, &body).unwrap_err();
+    let Failure::Refused(refusal) = err else {
+        panic!("{err:?}");
+    };
+    assert!(matches!(refusal, Refusal::BadAddress(_)), "{refusal:?}");
+    assert_eq!(refusal.enhanced(), Enhanced(5, 6, 3));
+    assert_eq!(Refusal::NeedsSmtpUtf8.enhanced(), Enhanced(5, 6, 7));
+    assert_eq!(Refusal::Needs8BitMime.enhanced(), Enhanced(5, 6, 3));
 }
 
 #[test]
@@ -1176,7 +1210,8 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     let line = (
         any::<bool>(),
         prop::collection::vec(
-            any::<u8>().prop_filter("no line end", |b| *b != b'\r' && *b != b'\n'),
+            // SMTP text: no line ends inside a line, and no NUL (the server refuses it).
+            any::<u8>().prop_filter("no line end or NUL", |b| !matches!(b, b'\r' | b'\n' | 0)),
             0..80,
         ),
     )

@@ -269,6 +269,19 @@ fn smuggled_second_message_is_never_spooled() {
 }
 
 #[test]
+fn nul_in_data_is_refused_and_nothing_is_spooled() {
+    let d = transcript(
+        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nfirst\r\n\0.\r\nsecond\r\n.\r\nNOOP\r\n",
+        &format!(
+            "{GREETING}{EHLO_PLAIN}250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n354 2.0.0 End data with <CR><LF>.<CR><LF>\r\n{}250 2.0.0 Ok\r\n",
+            String::from_utf8(Reply::nul_in_data().to_bytes()).unwrap()
+        ),
+    );
+    assert!(d.spooled.is_empty());
+    assert!(!d.closed);
+}
+
+#[test]
 fn over_long_command_line_gets_500_and_is_skipped() {
     let long = format!("NOOP {}\r\n", "x".repeat(600));
     transcript(

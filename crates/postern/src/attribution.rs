@@ -1,8 +1,10 @@
-//! Who is submitting: the Unix user behind a local connection, from the kernel.
+//! Who is submitting: the Unix user behind a local connection, from the kernel. Both
+//! doors use it (the submission socket, and SMTP clients on this host), and intake
+//! carries what it found into the log and the limits.
 //!
 //! For the submission socket the kernel gives uid, gid and pid (SO_PEERCRED); the
 //! process's command line and working directory, and its parent's, come from /proc.
-//! For a TCP connection from loopback, the kernel's socket table (/proc/net/tcp, the
+//! For a TCP connection from this host, the kernel's socket table (/proc/net/tcp, the
 //! same data `ss -e` shows) says which user owns the client's socket.
 //!
 //! # Security
@@ -169,14 +171,62 @@ fn parse_ppid(status: &str) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The uid owning the client end of a loopback TCP connection: the socket whose local
-/// address is our peer and whose remote address is our local address. `None` when the
-/// peer is not on loopback or the lookup fails; the session then goes on without it.
-pub fn loopback_owner(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
-    if !peer.ip().is_loopback() {
+/// The uid owning the client end of a TCP connection made from this host: the socket
+/// whose local address is our peer and whose remote address is our local address.
+/// `None` when the peer is elsewhere or the lookup fails; the session then goes on
+/// without it.
+///
+/// "From this host" is not only loopback: a client may bind one of the host's own
+/// addresses and connect to it, and a dual-stack (`[::]`) listener sees IPv4 clients as
+/// `::ffff:127.0.0.1`. Both are canonicalised and looked up like loopback, so that no
+/// local client escapes its uid's limits or has its failed logins blamed on an address
+/// every site shares.
+pub fn local_owner(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    let (peer, local) = (canonical(peer), canonical(local));
+    if !is_from_this_host(peer.ip(), local.ip()) {
         return None;
     }
     sock_diag_owner(peer, local).or_else(|| proc_net_owner(peer, local))
+}
+
+/// IPv4-mapped IPv6 addresses as the IPv4 addresses they are.
+pub fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
+/// Whether a client at `peer` (canonical) connected from this host.
+pub fn is_from_this_host(peer: IpAddr, local: IpAddr) -> bool {
+    peer.is_loopback() || peer == local || host_addresses().contains(&peer)
+}
+
+/// The addresses of this host's interfaces, re-read at most every few seconds (an
+/// address added at run time is seen soon, and a busy MX does not ask the kernel per
+/// connection).
+fn host_addresses() -> Vec<IpAddr> {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    const FRESH_FOR: Duration = Duration::from_secs(10);
+    static CACHE: Mutex<Option<(Instant, Vec<IpAddr>)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((read, addresses)) = cache.as_ref()
+        && read.elapsed() < FRESH_FOR
+    {
+        return addresses.clone();
+    }
+    let addresses: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|all| {
+            all.filter_map(|ifaddr| {
+                let address = ifaddr.address?;
+                if let Some(v4) = address.as_sockaddr_in() {
+                    return Some(IpAddr::V4(v4.ip()));
+                }
+                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    *cache = Some((Instant::now(), addresses.clone()));
+    addresses
 }
 
 /// Asks the kernel for exactly one socket (NETLINK_SOCK_DIAG, as `ss -e` does): its
@@ -356,8 +406,34 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server_side, peer) = listener.accept().unwrap();
-        let owner = loopback_owner(peer, listener.local_addr().unwrap());
+        let owner = local_owner(peer, listener.local_addr().unwrap());
         assert_eq!(owner, Some(nix::unistd::getuid().as_raw()));
         drop(client);
+    }
+
+    #[test]
+    fn a_dual_stack_listener_attributes_an_ipv4_loopback_client() {
+        let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+            return; // no IPv6 on this host: nothing to map
+        };
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        assert!(peer.is_ipv6(), "{peer}: seen as ::ffff:127.0.0.1");
+        let owner = local_owner(peer, server_side.local_addr().unwrap());
+        assert_eq!(owner, Some(nix::unistd::getuid().as_raw()));
+        assert_eq!(canonical(peer).ip(), client.local_addr().unwrap().ip());
+    }
+
+    #[test]
+    fn remote_addresses_are_not_from_this_host() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(is_from_this_host("127.0.0.9".parse().unwrap(), local));
+        assert!(!is_from_this_host("203.0.113.9".parse().unwrap(), local));
+        let public: IpAddr = "198.51.100.4".parse().unwrap();
+        assert!(
+            is_from_this_host(public, public),
+            "same address at both ends"
+        );
     }
 }

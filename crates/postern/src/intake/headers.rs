@@ -95,6 +95,19 @@ pub fn missing_submission_headers(
     added
 }
 
+/// The addresses of the message's `From:` fields, as written.
+pub fn author_addresses(message: &[u8]) -> Vec<String> {
+    use mail_parser::{HeaderName, MessageParser};
+    let Some(parsed) = MessageParser::new().parse_headers(message) else {
+        return Vec::new();
+    };
+    parsed
+        .header_values(HeaderName::From)
+        .filter_map(|value| value.as_address())
+        .flat_map(|list| list.iter().filter_map(|a| a.address()).map(str::to_string))
+        .collect()
+}
+
 /// True when the header section (up to the first empty line) has a field `name`.
 pub fn has_header(message: &[u8], name: &str) -> bool {
     for line in message.split(|&b| b == b'\n') {

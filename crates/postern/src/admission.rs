@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
+use crate::policy::Reason;
 
 #[derive(Debug, Default)]
 pub struct Admission {
@@ -33,11 +34,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            Refusal::ServerFull => "too_many_connections",
-            Refusal::TooManyFromClient => "too_many_connections_from_client",
-            Refusal::TooFast => "connection_rate",
+            Refusal::ServerFull => Reason::TooManyConnections,
+            Refusal::TooManyFromClient => Reason::TooManyConnectionsFromClient,
+            Refusal::TooFast => Reason::ConnectionRate,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The passwd-file: Dovecot's format, its parser, the backend that reads it, and the edits
-//! `postern user add|passwd|del|list` make.
+//! The passwd-file: the backend that reads it ([`PasswdFile`]); its format and parser
+//! (`format`) and the edits `postern user add|passwd|del|list` make (`edit`) live
+//! beside it.
 //!
 //! One account a line, `user@example.com:{SCHEME}hash[:uid:gid:gecos:home:shell:extra_fields]`,
 //! so that the same file can serve Dovecot. Blank lines and lines starting with `#` are
@@ -12,30 +13,30 @@
 //! rename, fsync of the directory), keeping its mode and owner; two edits running at the same
 //! moment can still lose one of them, as with `vipw` without its lock.
 
+mod edit;
+mod format;
+
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
-
 use super::recently_verified::RecentlyVerified;
 use super::{Account, AuthError, Credentials, Verification, canonical, scheme};
 
-/// One account line of a passwd-file.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The login as written in the file (compare it with [`canonical`] case folding).
-    pub login: String,
-    /// The password hash as written, e.g. `{SHA512-CRYPT}$6$…`.
-    pub hash: String,
-    /// The remaining fields (uid, gid, gecos, home, shell, extra fields), kept verbatim.
-    pub rest: Vec<String>,
+pub use edit::{add_user, delete_user, list_users, set_password};
+use format::parse_numbered;
+pub use format::{Entry, parse};
+
+pub(super) fn io_error(path: &Path, source: io::Error) -> PasswdError {
+    PasswdError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Why a passwd-file could not be read or changed. The messages are written for the person
@@ -73,12 +74,6 @@ pub enum PasswdError {
     /// An empty password was given.
     #[error("the password must not be empty")]
     EmptyPassword,
-}
-
-/// Parses the text of a passwd-file; `path` is used in error messages only.
-pub fn parse(text: &str, path: &str) -> Result<Vec<Entry>, PasswdError> {
-    let lines = parse_numbered(text, path)?;
-    Ok(lines.into_iter().map(|line| line.entry).collect())
 }
 
 /// The passwd-file backend.
@@ -196,69 +191,17 @@ impl Credentials for PasswdFile {
         });
         Ok(account)
     }
-}
 
-/// Adds an account with a new `{SHA512-CRYPT}` hash of `password`, creating the file (mode
-/// 0600) and its directory if missing. The login is stored in lower case.
-pub fn add_user(path: &Path, login: &str, password: &str) -> Result<(), PasswdError> {
-    let login = validate_login(login)?;
-    require_password(password)?;
-    let mut text = read_existing(path)?;
-    let lines = parse_numbered(&text, &path.display().to_string())?;
-    if find(&lines, &login).is_some() {
-        return Err(PasswdError::UserExists(login));
-    }
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(&format!(
-        "{login}:{}\n",
-        scheme::hash_sha512_crypt(password)
-    ));
-    write_atomically(path, &text)
-}
-
-/// Replaces the password of an existing account with a new `{SHA512-CRYPT}` hash, keeping
-/// the login as written and the other fields.
-pub fn set_password(path: &Path, login: &str, password: &str) -> Result<(), PasswdError> {
-    require_password(password)?;
-    let text = read_required(path)?;
-    let lines = parse_numbered(&text, &path.display().to_string())?;
-    let Some(line) = find(&lines, &canonical(login)) else {
-        return Err(PasswdError::NoSuchUser(login.to_owned()));
-    };
-    let mut entry = line.entry.clone();
-    entry.hash = scheme::hash_sha512_crypt(password);
-    let text = replace_line(&text, line.index, Some(&render(&entry)));
-    write_atomically(path, &text)
-}
-
-/// Removes an account, keeping every other line verbatim.
-pub fn delete_user(path: &Path, login: &str) -> Result<(), PasswdError> {
-    let text = read_required(path)?;
-    let lines = parse_numbered(&text, &path.display().to_string())?;
-    let Some(line) = find(&lines, &canonical(login)) else {
-        return Err(PasswdError::NoSuchUser(login.to_owned()));
-    };
-    let text = replace_line(&text, line.index, None);
-    write_atomically(path, &text)
-}
-
-/// The logins in file order, as written. A missing file has none.
-pub fn list_users(path: &Path) -> Result<Vec<String>, PasswdError> {
-    let text = read_existing(path)?;
-    let entries = parse(&text, &path.display().to_string())?;
-    Ok(entries.into_iter().map(|entry| entry.login).collect())
-}
-
-impl fmt::Debug for Entry {
-    /// Leaves the hash out: a `{PLAIN}` hash is the password itself.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry")
-            .field("login", &self.login)
-            .field("hash", &"<redacted>")
-            .field("rest", &self.rest)
-            .finish()
+    fn domains_owned_by(&self, uid: u32) -> Result<Vec<String>, AuthError> {
+        let users = self.users()?;
+        let mut domains: Vec<String> = users
+            .values()
+            .filter(|user| user.owner.is_some_and(|(owner, _)| owner == uid))
+            .filter_map(|user| user.login.rsplit_once('@').map(|(_, d)| d.to_string()))
+            .collect();
+        domains.sort();
+        domains.dedup();
+        Ok(domains)
     }
 }
 
@@ -452,257 +395,12 @@ fn index(text: &str, path: &Path) -> Result<Users, PasswdError> {
     Ok(users)
 }
 
-/// An account line and where it is.
-struct NumberedEntry {
-    /// The line's index, from 0 (its line number minus one).
-    index: usize,
-    entry: Entry,
-}
-
-/// Parses every line, remembering line numbers, and rejects duplicate logins.
-fn parse_numbered(text: &str, path: &str) -> Result<Vec<NumberedEntry>, PasswdError> {
-    let mut first_seen: HashMap<String, usize> = HashMap::new();
-    let mut entries = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let number = index + 1;
-        let parse_error = |message: String| PasswdError::Parse {
-            path: path.to_owned(),
-            line: number,
-            message,
-        };
-        let Some(entry) = parse_line(line).map_err(parse_error)? else {
-            continue;
-        };
-        let key = canonical(&entry.login);
-        if let Some(first) = first_seen.insert(key, number) {
-            return Err(parse_error(format!(
-                "duplicate login {:?} (first on line {first})",
-                entry.login
-            )));
-        }
-        entries.push(NumberedEntry { index, entry });
-    }
-    Ok(entries)
-}
-
-/// Parses one line: `None` for a blank line or a comment.
-fn parse_line(line: &str) -> Result<Option<Entry>, String> {
-    if line.trim().is_empty() || line.starts_with('#') {
-        return Ok(None);
-    }
-    let mut fields = line.split(':');
-    let login = fields.next().unwrap_or_default();
-    let Some(hash) = fields.next() else {
-        return Err("expected LOGIN:{SCHEME}HASH, found no ':'".into());
-    };
-    if login.is_empty() {
-        return Err("empty login before the first ':'".into());
-    }
-    if let Some(why) = bad_login_char(login) {
-        return Err(format!("login {login:?} {why}"));
-    }
-    if hash.is_empty() {
-        return Err(format!("empty password hash for {login:?}"));
-    }
-    if hash.chars().any(char::is_control) {
-        return Err(format!(
-            "the password hash of {login:?} contains a control character (a stray CR? save the file with LF line endings)"
-        ));
-    }
-    Ok(Some(Entry {
-        login: login.to_owned(),
-        hash: hash.to_owned(),
-        rest: fields.map(str::to_owned).collect(),
-    }))
-}
-
-/// Why a login can't be in the file, if it can't.
-fn bad_login_char(login: &str) -> Option<&'static str> {
-    if login.chars().any(char::is_whitespace) {
-        return Some("contains whitespace");
-    }
-    if login.chars().any(char::is_control) {
-        return Some("contains a control character");
-    }
-    if login.contains(':') {
-        return Some("contains ':'");
-    }
-    // A login is also a Maildir path component (%n, %u).
-    if login.contains('/') {
-        return Some("contains '/'");
-    }
-    None
-}
-
-/// Checks a login for `user add` and returns its canonical form.
-fn validate_login(login: &str) -> Result<String, PasswdError> {
-    let invalid = |why: &str| PasswdError::InvalidLogin(login.to_owned(), why.to_owned());
-    let Some((local, domain)) = login.split_once('@') else {
-        return Err(invalid("expected an address like user@example.com"));
-    };
-    if domain.contains('@') {
-        return Err(invalid("contains more than one '@'"));
-    }
-    if local.is_empty() || domain.is_empty() {
-        return Err(invalid("the parts before and after '@' must not be empty"));
-    }
-    if let Some(why) = bad_login_char(login) {
-        return Err(invalid(why));
-    }
-    if login.starts_with('#') {
-        return Err(invalid(
-            "must not start with '#' (the line would be a comment)",
-        ));
-    }
-    Ok(canonical(login))
-}
-
-fn require_password(password: &str) -> Result<(), PasswdError> {
-    if password.is_empty() {
-        return Err(PasswdError::EmptyPassword);
-    }
-    Ok(())
-}
-
-fn find<'a>(lines: &'a [NumberedEntry], canonical_login: &str) -> Option<&'a NumberedEntry> {
-    lines
-        .iter()
-        .find(|line| canonical(&line.entry.login) == canonical_login)
-}
-
-/// Writes an entry back as a line, without its line ending.
-fn render(entry: &Entry) -> String {
-    let mut fields = vec![entry.login.as_str(), entry.hash.as_str()];
-    fields.extend(entry.rest.iter().map(String::as_str));
-    fields.join(":")
-}
-
-/// The text with line `index` replaced (keeping its line ending) or, for `None`, removed.
-fn replace_line(text: &str, index: usize, replacement: Option<&str>) -> String {
-    let mut out = String::with_capacity(text.len() + 128);
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        if i != index {
-            out.push_str(line);
-            continue;
-        }
-        let Some(replacement) = replacement else {
-            continue;
-        };
-        let content = line.trim_end_matches('\n').trim_end_matches('\r');
-        out.push_str(replacement);
-        out.push_str(&line[content.len()..]);
-    }
-    out
-}
-
-/// The file's text, or an empty text if it does not exist.
-fn read_existing(path: &Path) -> Result<String, PasswdError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-        Err(source) => Err(io_error(path, source)),
-    }
-}
-
-/// The file's text; a missing file is an error.
-fn read_required(path: &Path) -> Result<String, PasswdError> {
-    fs::read_to_string(path).map_err(|source| io_error(path, source))
-}
-
-/// Replaces the file with `contents` so that a crash leaves either the old or the new file:
-/// temporary file in the same directory, fsync, rename over, fsync the directory.
-fn write_atomically(path: &Path, contents: &str) -> Result<(), PasswdError> {
-    let dir = parent_dir(path);
-    fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
-    let existing = match fs::metadata(path) {
-        Ok(meta) => Some(meta),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(source) => return Err(io_error(path, source)),
-    };
-    let temp = temp_path(path)?;
-    let written = write_temp(&temp, contents, existing.as_ref())
-        .and_then(|()| fs::rename(&temp, path).map_err(|source| io_error(path, source)));
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| io_error(dir, source))
-}
-
-/// Writes and fsyncs the temporary file, with the old file's owner and mode, or 0600.
-fn write_temp(
-    temp: &Path,
-    contents: &str,
-    existing: Option<&fs::Metadata>,
-) -> Result<(), PasswdError> {
-    let io = |source| io_error(temp, source);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(temp)
-        .map_err(io)?;
-    let mode = match existing {
-        Some(old) => {
-            keep_owner(&file, old).map_err(io)?;
-            old.mode() & 0o7777
-        }
-        None => 0o600,
-    };
-    // Set after creation, so that the umask does not change it.
-    file.set_permissions(Permissions::from_mode(mode))
-        .map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)
-}
-
-/// Gives the new file the old one's owner and group, so that root editing a file owned by
-/// the server's user does not make it unreadable to the server.
-fn keep_owner(file: &File, old: &fs::Metadata) -> io::Result<()> {
-    let new = file.metadata()?;
-    if new.uid() == old.uid() && new.gid() == old.gid() {
-        return Ok(());
-    }
-    std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()))
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
-/// A fresh hidden name beside `path`: `.NAME.PID.RANDOM.tmp`.
-fn temp_path(path: &Path) -> Result<PathBuf, PasswdError> {
-    let Some(name) = path.file_name() else {
-        let source = io::Error::new(io::ErrorKind::InvalidInput, "not a file name");
-        return Err(io_error(path, source));
-    };
-    let mut temp = OsString::from(".");
-    temp.push(name);
-    temp.push(format!(
-        ".{}.{:016x}.tmp",
-        std::process::id(),
-        rand::rng().random::<u64>()
-    ));
-    Ok(parent_dir(path).join(temp))
-}
-
-fn io_error(path: &Path, source: io::Error) -> PasswdError {
-    PasswdError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::SchemeError;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
 
     // `openssl passwd -6 -salt saltsalt secret`
     const SECRET: &str = "{SHA512-CRYPT}$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
 
-use super::Context;
+use crate::accept_loop;
+use crate::context::Context;
 use crate::queue::QueueId;
+use crate::shutdown::Shutdown;
+use crate::unix_socket::{self, SocketError};
 
 pub const SOCKET_NAME: &str = "control.sock";
 const MAX_LINE: u64 = 256;
@@ -24,26 +26,18 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
-pub fn bind(data_dir: &Path) -> Result<UnixListener, crate::local::socket::SocketError> {
-    crate::local::socket::bind(&socket_path(data_dir), 0o600)
+pub fn bind(data_dir: &Path) -> Result<UnixListener, SocketError> {
+    unix_socket::bind(&socket_path(data_dir), 0o600)
 }
 
-pub async fn serve(ctx: Arc<Context>, listener: UnixListener, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move { handle(&ctx, stream).await });
-                }
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    return;
-                }
-            }
-        }
-    }
+/// Answers commands until `shutdown`. Not counted as a session: a command in progress
+/// does not hold up the stop.
+pub async fn serve(ctx: Arc<Context>, listener: UnixListener, shutdown: Shutdown) {
+    accept_loop::run("control", listener, shutdown, None, |stream| {
+        let ctx = ctx.clone();
+        async move { handle(&ctx, stream).await }
+    })
+    .await;
 }
 
 async fn handle(ctx: &Context, mut stream: UnixStream) {

@@ -2,7 +2,7 @@
 //! Shared by the next-hop and the inbound SPF/DKIM/DMARC tests, so both see the same
 //! "anything not listed does not exist" world.
 
-use super::next_hop::{BoxFuture, DnsError, Resolver};
+use super::{BoxFuture, DnsError, Resolver};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;

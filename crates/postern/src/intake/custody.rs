@@ -1,12 +1,11 @@
-//! How an accepted message passes into postern's custody: the one step between "the
-//! policy and the checks said yes" and the `250` (or `sendmail`'s exit 0), shared by SMTP
-//! sessions and local submission.
+//! Custody: the last step of intake, between "everything said yes" and the `250` (or
+//! `sendmail`'s exit 0).
 //!
 //! Mail whose recipients are all local is delivered into their Maildirs at once, before
 //! the acknowledgement, as an LMTP server does ([`Dispatcher::deliver_at_once`]): it never
 //! enters the queue. That saves the queue file's write, fsync, rename and removal: one of
-//! the two file fsyncs per message, and a third of the MX benchmark's CPU per message
-//! (see `docs/benchmarks.md`). Everything else, and
+//! the two file fsyncs per message, and much of the CPU a message costs (measured in
+//! `docs/benchmarks.md`). Everything else, and
 //! local mail whose delivery did not fully succeed, is committed to the queue
 //! ([`Spool::commit_then`]), and its first delivery attempt starts on the thread that
 //! committed it ([`Dispatcher::first_attempt`]).
@@ -22,7 +21,7 @@ use crate::queue::{Envelope, Spool, SpoolError};
 /// Makes an accepted message durable: delivered at once, or queued. `log_accepted` writes
 /// the `accepted` line, before any line about the message's delivery. Only when this
 /// returns `Ok` may the caller acknowledge the message.
-pub async fn accept(
+pub async fn take(
     spool: &Spool,
     delivery: &Dispatcher,
     mut envelope: Envelope,
