@@ -41,6 +41,16 @@ fn check_config_in(dir: &Path, as_user: Option<&str>, env: Option<&Path>) -> Out
     if let Some(path) = env {
         cmd.env("POSTERN_CONFIG", path);
     }
+    // A binary copied a moment ago can be "busy" while another test thread's fork still
+    // holds the copy's descriptor (until that child's exec closes it): try again.
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result.expect("run postern check-config"),
+        }
+    }
     cmd.output().expect("run postern check-config")
 }
 
