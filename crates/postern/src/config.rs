@@ -137,6 +137,8 @@ struct DeliveryFile {
     max_connections: Option<usize>,
     max_per_destination: Option<usize>,
     plaintext_fallback: Option<bool>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    connection_idle: Option<Duration>,
 }
 
 impl DeliveryFile {
@@ -148,6 +150,7 @@ impl DeliveryFile {
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             max_per_destination: self.max_per_destination.unwrap_or(d.max_per_destination),
             plaintext_fallback: self.plaintext_fallback.unwrap_or(d.plaintext_fallback),
+            connection_idle: self.connection_idle.unwrap_or(d.connection_idle),
         }
     }
 }
@@ -164,6 +167,9 @@ pub struct Outbound {
     /// When a STARTTLS handshake fails, try again without TLS (opportunistic TLS, as
     /// Postfix's `may` level). `false` defers instead.
     pub plaintext_fallback: bool,
+    /// How long a connection stays open after a message for the next one to the same
+    /// server; servers close idle clients after a while.
+    pub connection_idle: Duration,
 }
 
 impl Default for Outbound {
@@ -174,6 +180,7 @@ impl Default for Outbound {
             max_connections: 20,
             max_per_destination: 4,
             plaintext_fallback: true,
+            connection_idle: Duration::from_secs(5),
         }
     }
 }
@@ -220,6 +227,9 @@ pub struct Limits {
     pub ip_recipients_per_hour: u32,
     pub auth_failures_before_block: u32,
     pub auth_block_seconds: u64,
+    /// Milliseconds added to the answer of each failed login in a row after the first
+    /// (up to 8 times): a tarpit for password guessing.
+    pub auth_failure_delay_ms: u64,
     /// Seconds to wait for a command (RFC 5321 §4.5.3.2.7 says at least 300).
     pub command_timeout: u64,
     /// Seconds to wait for each block of DATA (RFC 5321 §4.5.3.2.5: 180).
@@ -250,6 +260,7 @@ impl Default for Limits {
             ip_recipients_per_hour: 0,
             auth_failures_before_block: 10,
             auth_block_seconds: 600,
+            auth_failure_delay_ms: 500,
             command_timeout: 300,
             data_timeout: 180,
             min_data_rate: 500,
@@ -267,6 +278,13 @@ impl Default for Limits {
 pub struct Metrics {
     #[serde(deserialize_with = "socket_addr")]
     pub addr: SocketAddr,
+    /// How often the queue gauges are read again from the spool directory.
+    #[serde(default = "default_queue_refresh", deserialize_with = "duration")]
+    pub queue_refresh: Duration,
+}
+
+fn default_queue_refresh() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Authentication of mail received on `mx` listeners (`[inbound]`); see
@@ -1011,6 +1029,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("test.toml:1: "), "{err}");
+    }
+
+    #[test]
+    fn timing_settings_keep_their_defaults_and_can_be_set() {
+        let c = parse(&format!("{MINIMAL}[metrics]\naddr = \"127.0.0.1:0\"\n")).unwrap();
+        assert_eq!(c.limits.auth_failure_delay_ms, 500);
+        assert_eq!(c.outbound.connection_idle, Duration::from_secs(5));
+        assert_eq!(c.metrics.unwrap().queue_refresh, Duration::from_secs(10));
+        let d = Config::development_defaults();
+        assert_eq!(d.limits.auth_failure_delay_ms, 500);
+        assert_eq!(d.outbound.connection_idle, Duration::from_secs(5));
+        let c = parse(&format!(
+            "{MINIMAL}[limits]\nauth_failure_delay_ms = 10\n[delivery]\nconnection_idle = \"1h\"\n\
+             [metrics]\naddr = \"127.0.0.1:0\"\nqueue_refresh = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.auth_failure_delay_ms, 10);
+        assert_eq!(c.outbound.connection_idle, Duration::from_secs(3600));
+        assert_eq!(c.metrics.unwrap().queue_refresh, Duration::from_secs(1));
     }
 
     #[test]

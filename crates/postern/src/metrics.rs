@@ -41,8 +41,6 @@ const LATENCY_BUCKETS: [f64; 20] = [
     14_400.0, 43_200.0, 86_400.0, 172_800.0, 432_000.0,
 ];
 
-/// How often the queue gauges are refreshed from the spool directory.
-const QUEUE_REFRESH: Duration = Duration::from_secs(10);
 /// A scrape must send its request and take its answer within this time.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest request head read; a scraper sends a few hundred bytes.
@@ -100,11 +98,16 @@ pub struct MetricsError {
 }
 
 /// Starts the HTTP endpoint serving `/metrics` on `addr`, installs the process-wide
-/// recorder, sets the queue gauges from `spool` and refreshes them every 10 seconds.
+/// recorder, sets the queue gauges from `spool` and refreshes them every `queue_refresh`
+/// (`metrics.queue_refresh`, 10 seconds by default).
 /// Returns the address actually bound (`addr` with port 0 gets a free port).
 ///
 /// Must be called inside the tokio runtime, once per process.
-pub fn install(addr: SocketAddr, spool: Spool) -> Result<SocketAddr, MetricsError> {
+pub fn install(
+    addr: SocketAddr,
+    queue_refresh: Duration,
+    spool: Spool,
+) -> Result<SocketAddr, MetricsError> {
     let fail = |message: String| MetricsError { addr, message };
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(fail("not called inside the async runtime".to_string()));
@@ -128,7 +131,7 @@ pub fn install(addr: SocketAddr, spool: Spool) -> Result<SocketAddr, MetricsErro
     let mut refresh = QueueRefresh::default();
     refresh.record(spool.list());
     tokio::spawn(serve(listener, handle.clone()));
-    tokio::spawn(refresh_forever(spool, handle, refresh));
+    tokio::spawn(refresh_forever(spool, handle, refresh, queue_refresh));
     Ok(bound)
 }
 
@@ -216,8 +219,14 @@ fn queue_figures(ids: &[QueueId], now: SystemTime) -> (usize, Duration) {
     (ids.len(), oldest)
 }
 
-async fn refresh_forever(spool: Spool, handle: PrometheusHandle, mut refresh: QueueRefresh) {
-    let mut ticks = tokio::time::interval(QUEUE_REFRESH);
+async fn refresh_forever(
+    spool: Spool,
+    handle: PrometheusHandle,
+    mut refresh: QueueRefresh,
+    every: Duration,
+) {
+    // A zero period would panic: `queue_refresh = 0` counts as one second.
+    let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate, and `install` has just done that one.
     ticks.tick().await;

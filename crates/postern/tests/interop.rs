@@ -3,8 +3,8 @@
 //! the `curl` command line tool and Python's `smtplib`.
 //!
 //! CI installs them with `apt-get install -y php-cli libphp-phpmailer curl python3`.
-//! When one is missing the test says it was skipped and passes, except when the
-//! environment variable `CI` is set: then it fails, so CI never skips silently.
+//! When one is missing the test says it was skipped and passes, except in CI (see
+//! `common::in_ci`): then it fails, so CI never skips silently.
 
 mod common;
 

@@ -373,7 +373,8 @@ fn queue_commands_list_flush_and_delete_on_the_running_server() {
 #[test]
 fn consecutive_messages_to_one_server_reuse_the_connection() {
     let sink = Sink::start(Script::default());
-    let server = start(&[("remote.test", &sink)], "");
+    // Kept open far longer than the test takes, however slow the machine.
+    let server = start(&[("remote.test", &sink)], "connection_idle = \"1h\"");
     for i in 0..3 {
         submit(
             &server,
@@ -434,8 +435,10 @@ fn a_failed_starttls_handshake_falls_back_to_plaintext_only_when_allowed() {
 
 #[test]
 fn sigterm_during_deliveries_exits_zero_and_loses_nothing() {
+    // The sink takes a second to answer each message, so deliveries are in flight when
+    // the signal arrives; the test checks that one was.
     let sink = Sink::start(Script {
-        data_delay: std::time::Duration::from_millis(300),
+        data_delay: std::time::Duration::from_secs(1),
         ..Script::default()
     });
     let mut server = start(&[("remote.test", &sink)], "");
@@ -447,8 +450,17 @@ fn sigterm_during_deliveries_exits_zero_and_loses_nothing() {
             &format!("Subject: term {i}\r\n\r\nx"),
         );
     }
-    let status = server.terminate();
+    assert!(sink.wait_for_pending(), "no delivery started");
+    let before = std::time::Instant::now();
+    server.signal("TERM");
+    let after = std::time::Instant::now();
+    let status = server.wait_exit();
     assert!(status.success(), "{status:?}");
+    let answers = sink.answers();
+    assert!(
+        answers.iter().any(|a| a.pending_throughout(before, after)),
+        "no delivery was in progress when SIGTERM arrived: {answers:?}"
+    );
     server.restart();
     let unique = distinct_subjects(&sink, "Subject: term ", total);
     assert_eq!(unique, total, "log:\n{}", server.log_text());

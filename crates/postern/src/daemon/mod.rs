@@ -112,7 +112,7 @@ async fn serve(source: Source, config: Config) -> anyhow::Result<()> {
         }
     };
     if let Some(m) = &config.metrics {
-        let addr = crate::metrics::install(m.addr, spool.clone())
+        let addr = crate::metrics::install(m.addr, m.queue_refresh, spool.clone())
             .context("cannot start the metrics endpoint")?;
         tracing::info!(event = "listening", listener = "metrics", addr = %addr, role = "metrics");
     }

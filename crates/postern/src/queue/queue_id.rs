@@ -106,7 +106,12 @@ mod tests {
     #[test]
     fn later_ids_sort_after_earlier_ones() {
         let first = QueueId::generate();
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        // A later microsecond, not just a later counter (which wraps): wait for the
+        // clock to pass the first ID's time.
+        let made = first.created_at().unwrap();
+        while SystemTime::now() <= made + std::time::Duration::from_micros(1) {
+            std::hint::spin_loop();
+        }
         let second = QueueId::generate();
         assert!(first < second, "{first} should sort before {second}");
         assert!(first.as_str() < second.as_str());

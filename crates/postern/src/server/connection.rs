@@ -558,7 +558,10 @@ impl Connection {
         // anyone lock a customer out of their own mailbox.
         let login_key = format!("login:{login}");
         failures.record_failure(&login_key, 0, block, now);
-        let delay = tarpit(failures.count(&key).max(failures.count(&login_key)));
+        let delay = tarpit(
+            failures.count(&key).max(failures.count(&login_key)),
+            Duration::from_millis(limits.auth_failure_delay_ms),
+        );
         tracing::info!(
             event = "auth_failed",
             listener = %self.listener.name,
@@ -616,10 +619,11 @@ impl Connection {
     }
 }
 
-/// Half a second more for each failed login in a row from one client, at most four:
-/// nothing for a single typo, slow for a guessing script.
-fn tarpit(failures: u32) -> Duration {
-    Duration::from_millis(500 * u64::from(failures.saturating_sub(1).min(8)))
+/// `step` (`limits.auth_failure_delay_ms`, half a second by default) more for each failed
+/// login in a row from one client, at most 8 steps: nothing for a single typo, slow for
+/// a guessing script.
+fn tarpit(failures: u32, step: Duration) -> Duration {
+    step.saturating_mul(failures.saturating_sub(1).min(8))
 }
 
 /// The reason for a refusal the protocol session made on its own.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod sink;
+pub mod strace;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,7 +30,9 @@ pub struct Setup {
     pub domain: Option<String>,
     /// Top-level keys, e.g. `postmaster = "…"`.
     pub top: String,
-    /// Lines inside `[delivery]`, e.g. `relay_host = "…"`.
+    /// Lines inside `[delivery]`, e.g. `relay_host = "…"`. Without `relay_host` or
+    /// `[delivery.routes]` in `extra`, remote mail goes to `127.0.0.1:9`, where nothing
+    /// listens: no test looks up MX hosts in the real DNS.
     pub delivery: String,
     /// The Maildir template, relative to the test directory (default `mail/%d/%n/Maildir`).
     pub maildir: Option<String>,
@@ -37,6 +40,10 @@ pub struct Setup {
     pub extra: String,
     /// Environment variables for `postern serve`.
     pub env: Vec<(String, String)>,
+    /// Run `serve` with its own view of `/etc/resolv.conf`, naming only a loopback
+    /// address where nothing answers: every DNS lookup fails at once, and none leaves
+    /// the machine (root only; see [`Server::start_setup`]).
+    pub dns_offline: bool,
 }
 
 pub struct Server {
@@ -124,9 +131,11 @@ passwd_file = "{d}/passwd"
 [delivery]
 maildir = "{d}/{maildir}"
 {delivery}
+{no_dns}
 
 [local_submission]
 socket = "{d}/run/submit.sock"
+{inbound}
 {extra}
 "#,
             domain = self.domain(),
@@ -142,6 +151,23 @@ socket = "{d}/run/submit.sock"
                 .maildir
                 .as_deref()
                 .unwrap_or("mail/%d/%n/Maildir"),
+            // SPF, DKIM and DMARC checks of MX mail ask the system's DNS: only the tests
+            // about them turn them on (with `dns_offline`), so that no test needs the
+            // network.
+            // Mail for other domains goes to the discard port on loopback (refused:
+            // deferred) unless the test routes it: never to MX hosts looked up in DNS.
+            no_dns = if self.setup.delivery.contains("relay_host")
+                || self.setup.extra.contains("[delivery.routes]")
+            {
+                ""
+            } else {
+                "relay_host = \"127.0.0.1:9\""
+            },
+            inbound = if self.setup.extra.contains("[inbound]") {
+                ""
+            } else {
+                "[inbound]\nverify = false\n"
+            },
             extra = self.setup.extra,
         );
         std::fs::write(self.config_path(), config).expect("write config");
@@ -178,7 +204,25 @@ socket = "{d}/run/submit.sock"
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(BIN)
+        let mut command = if self.setup.dns_offline {
+            // A private mount namespace where /etc/resolv.conf is ours; `exec` keeps the
+            // process ID, so signals reach the server.
+            let resolv = self.dir.path().join("resolv.conf");
+            std::fs::write(
+                &resolv,
+                "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            )
+            .expect("write resolv.conf");
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+                .arg(&resolv)
+                .arg(BIN);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(self.config_path())
             .envs(self.setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -298,6 +342,19 @@ socket = "{d}/run/submit.sock"
     /// Waits until a log line containing `needle` appears, or the timeout passes.
     pub fn wait_for_log(&self, needle: &str) -> Option<String> {
         self.wait_for_log_after(0, needle)
+    }
+
+    /// Waits until at least `count` log lines contain `needle`; returns all of them then
+    /// (fewer if the timeout passed first, so that the caller's assertion says so).
+    pub fn wait_for_lines(&self, needle: &str, count: usize) -> Vec<String> {
+        let lines = || -> Vec<String> {
+            self.log_lines()
+                .into_iter()
+                .filter(|l| l.contains(needle))
+                .collect()
+        };
+        wait_until(|| lines().len() >= count);
+        lines()
     }
 
     fn wait_for_log_after(&self, skip: usize, needle: &str) -> Option<String> {
@@ -437,8 +494,34 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// True when every requirement is there. Otherwise: under CI, fails the test; else
-/// prints that the test is skipped, and the caller returns.
+/// Whether the tests run in CI: `CI` is set to anything but empty, `0` or `false`
+/// (`.ci/run` sets `CI=true`, as GitHub Actions and GitLab do). The one rule for "in CI"
+/// in every test.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        )
+    })
+}
+
+/// For a test that cannot run here (`why`: a tool is missing, the tests do not run as
+/// root). Under CI this fails the test: CI must run everything. Elsewhere it prints
+/// `SKIPPED test: why` past libtest's output capture, and the caller returns. (Stable
+/// Rust cannot mark a test ignored at run time, so libtest still says `ok`: the SKIPPED
+/// line is the report.)
+pub fn skip_or_fail(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: {why}, and CI is set, so this test may not be skipped");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why} (under CI=true this is a failure)"
+    );
+}
+
+/// True when every requirement is there; otherwise see [`skip_or_fail`].
 pub fn available(test: &str, requirements: &[(&str, Option<PathBuf>)]) -> bool {
     let missing: Vec<&str> = requirements
         .iter()
@@ -448,26 +531,34 @@ pub fn available(test: &str, requirements: &[(&str, Option<PathBuf>)]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let missing = missing.join(", ");
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{test}: {missing} not installed, and CI is set, so this test may not be skipped \
-             (apt-get install -y php-cli libphp-phpmailer curl python3 fail2ban)"
-        );
-    }
-    // Straight to stderr, past libtest's output capture, so the skip is always seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {missing} not installed (set CI to make this a failure)"
+    skip_or_fail(
+        test,
+        &format!(
+            "{} not installed (README.md, \"Run the tests\", says how)",
+            missing.join(", ")
+        ),
     );
     false
 }
 
-/// A Unix user for tests that need an unprivileged sender, created when missing.
-/// `None` (with a message on stderr) when the tests do not run as root.
+/// True when the tests run as root; otherwise see [`skip_or_fail`]. `what` says what
+/// needs it.
+pub fn root(test: &str, what: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    skip_or_fail(test, &format!("{what} needs root"));
+    false
+}
+
+/// A Unix user for tests that need an unprivileged sender or a service user, created
+/// (once, as a system user without a home) when missing, and left in place for the next
+/// run: `userdel posterntest` removes it (see README.md). Needs root: otherwise see
+/// [`skip_or_fail`], and `None`.
 pub fn test_user(name: &str) -> Option<u32> {
-    if !nix::unistd::getuid().is_root() {
-        eprintln!("SKIPPED: creating the test user {name} needs root");
+    // libtest names each test's thread after the test.
+    let test = std::thread::current().name().unwrap_or("test").to_string();
+    if !root(&test, &format!("creating the Unix user {name}")) {
         return None;
     }
     static CREATING: Mutex<()> = Mutex::new(());
@@ -480,17 +571,26 @@ pub fn test_user(name: &str) -> Option<u32> {
                 "--shell",
                 "/usr/sbin/nologin",
                 "--comment",
-                "Postern Test",
+                "postern tests (userdel posterntest removes it)",
             ])
             .arg(name)
             .status()
             .expect("useradd");
-        assert!(status.success(), "useradd {name} failed");
+        // 9: made meanwhile by another test process.
+        assert!(
+            status.success() || status.code() == Some(9),
+            "useradd {name} failed"
+        );
     }
     nix::unistd::User::from_name(name)
         .ok()
         .flatten()
         .map(|u| u.uid.as_raw())
+}
+
+/// The Unix user the tests run as, as the server sees a loopback client.
+pub fn my_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
 }
 
 /// Runs a Python script as the Unix user `user` (see `test_user`), for clients that
@@ -550,6 +650,11 @@ impl TcpBacked for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
 pub type TlsClient = Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
 
 impl PlainClient {
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().expect("local address")
+    }
+
     /// Connects and reads the greeting.
     pub fn connect(addr: SocketAddr) -> PlainClient {
         let tcp = TcpStream::connect(addr).expect("connect");
@@ -646,11 +751,13 @@ impl<S: Read + Write + TcpBacked> Client<S> {
         self.expect(prefix)
     }
 
-    /// True when the server closed the connection: EOF or a reset within two seconds.
-    /// A read that times out means the connection is still open.
+    /// True when the server closes the connection: EOF or a reset, waited for as long
+    /// as any other reply (so a slow server still passes). False when a byte arrives
+    /// instead, or nothing happens for that long. Only for connections the server is
+    /// expected to close: an open one costs the whole wait.
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
-        self.set_timeout(Duration::from_secs(2));
+        self.set_timeout(READY_TIMEOUT);
         let closed = match self.reader.read(&mut buf) {
             Ok(0) => true,
             Ok(_) => false,

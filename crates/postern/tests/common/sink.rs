@@ -30,7 +30,8 @@ pub struct Script {
     pub silent: bool,
     /// Offer STARTTLS, say 220, then hang up instead of a handshake.
     pub broken_starttls: bool,
-    /// Wait this long before answering the final dot (a slow server).
+    /// Wait this long before answering the final dot (a slow server). Each message's
+    /// times are in [`Sink::answers`].
     pub data_delay: Duration,
     pub extensions: Vec<String>,
     /// The reply to each RCPT, by address.
@@ -57,11 +58,29 @@ impl Default for Script {
     }
 }
 
+/// When the sink had a whole message (the final dot) and when it answered it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub dot: Instant,
+    /// Just before the reply; `None` while the sink is still waiting (see
+    /// [`Script::data_delay`]).
+    pub replied: Option<Instant>,
+}
+
+impl Answer {
+    /// Whether the message was between its final dot and its reply all the time from
+    /// `from` to `to`.
+    pub fn pending_throughout(&self, from: Instant, to: Instant) -> bool {
+        self.dot <= from && self.replied.is_none_or(|replied| to < replied)
+    }
+}
+
 #[derive(Clone)]
 pub struct Sink {
     pub addr: SocketAddr,
     connections: Arc<std::sync::atomic::AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
     script: Arc<Mutex<Script>>,
 }
 
@@ -72,6 +91,7 @@ impl Sink {
             addr: listener.local_addr().expect("sink addr"),
             connections: Arc::default(),
             received: Arc::default(),
+            answers: Arc::default(),
             script: Arc::new(Mutex::new(script)),
         };
         let accepting = sink.clone();
@@ -99,6 +119,23 @@ impl Sink {
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Every message's final dot and reply, in the order the dots came.
+    pub fn answers(&self) -> Vec<Answer> {
+        self.answers.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 20 s) until a message has been read whole and not yet answered.
+    pub fn wait_for_pending(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.answers().iter().any(|a| a.replied.is_none()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
     }
 
     /// Waits until `count` messages arrived (or 20 s passed).
@@ -178,7 +215,19 @@ impl Sink {
                 let Some(data) = read_data(&mut reader) else {
                     return;
                 };
-                let reply = self.script.lock().unwrap().data_replies.pop_front();
+                let answer = {
+                    let mut answers = self.answers.lock().unwrap();
+                    answers.push(Answer {
+                        dot: Instant::now(),
+                        replied: None,
+                    });
+                    answers.len() - 1
+                };
+                let (delay, reply) = {
+                    let mut script = self.script.lock().unwrap();
+                    (script.data_delay, script.data_replies.pop_front())
+                };
+                std::thread::sleep(delay);
                 let reply = reply.unwrap_or_else(|| "250 2.0.0 Ok: queued".into());
                 if reply.starts_with('2') {
                     self.received.lock().unwrap().push(Received {
@@ -187,6 +236,7 @@ impl Sink {
                         data,
                     });
                 }
+                self.answers.lock().unwrap()[answer].replied = Some(Instant::now());
                 say(&reply);
             } else if upper.starts_with("QUIT") {
                 say("221 2.0.0 Bye");

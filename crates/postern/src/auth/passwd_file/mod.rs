@@ -607,9 +607,18 @@ mod tests {
         assert!(users.contains_key("a@example.com"));
 
         // Any change of the file (here its mode, so only the ctime moves) invalidates it.
-        fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        // The ctime moves in the file system's clock ticks: change the mode until it has.
+        let ctime = |p: &Path| {
+            let meta = fs::metadata(p).unwrap();
+            (meta.ctime(), meta.ctime_nsec())
+        };
+        let before = ctime(&path);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ctime(&path) == before {
+            assert!(Instant::now() < deadline, "the ctime never moved");
+            fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
+            fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        }
         assert!(backend.cached(backend.observe().unwrap()).is_none());
     }
 

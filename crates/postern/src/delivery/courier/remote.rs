@@ -97,11 +97,12 @@ impl RemoteCourier {
             let relay = target_label(target);
             // A connection left open by the previous message to this host saves a
             // handshake; if the server has closed it meanwhile, connect afresh.
-            if let Some(mut idle) = self.pool.take(target.addr)
+            let keep = config.outbound.connection_idle;
+            if let Some(mut idle) = self.pool.take(target.addr, keep)
                 && let Ok(outcomes) = idle.transact(self, target, &envelope, message).await
             {
                 if idle.ready {
-                    self.pool.put(target.addr, idle);
+                    self.pool.put(target.addr, idle, keep);
                 }
                 return outcomes;
             }
@@ -144,27 +145,28 @@ struct ConnectionPool {
     idle: std::sync::Mutex<HashMap<SocketAddr, Vec<(Outbound, Instant)>>>,
 }
 
-/// How long an idle connection is kept; servers close idle clients after a while.
-const IDLE_TIME: Duration = Duration::from_secs(5);
 /// Idle connections kept per address.
 const IDLE_PER_TARGET: usize = 4;
 
 impl ConnectionPool {
-    fn take(&self, addr: SocketAddr) -> Option<Outbound> {
+    /// An idle connection to `addr` used less than `keep` ago
+    /// (`delivery.connection_idle`).
+    fn take(&self, addr: SocketAddr, keep: Duration) -> Option<Outbound> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < IDLE_TIME {
+            if since.elapsed() < keep {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, conn: Outbound) {
+    /// Keeps `conn` for the next message, and drops connections idle for `keep`.
+    fn put(&self, addr: SocketAddr, conn: Outbound, keep: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         for list in idle.values_mut() {
-            list.retain(|(_, since)| since.elapsed() < IDLE_TIME);
+            list.retain(|(_, since)| since.elapsed() < keep);
         }
         idle.retain(|_, list| !list.is_empty());
         let list = idle.entry(addr).or_default();
@@ -238,7 +240,9 @@ async fn attempt(
             .await
             .map_err(|_| AttemptError::Timeout("for the whole transaction"))??;
     if conn.ready {
-        courier.pool.put(target.addr, conn);
+        courier
+            .pool
+            .put(target.addr, conn, outbound.connection_idle);
     } else {
         conn.close().await;
     }
