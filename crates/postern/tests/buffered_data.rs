@@ -16,17 +16,7 @@ const EACH: usize = 5 * 1024 * 1024;
 /// Opens a transaction and sends `EACH` bytes of DATA without ending it. Returns the
 /// connection, still open, and what the server said after the 354.
 fn send_without_the_dot(server: &Server) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(server.addr("mx")).unwrap();
-    stream
-        .write_all(b"EHLO client.test\r\nMAIL FROM:<someone@remote.test>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
-        .unwrap();
-    let mut replies = Vec::new();
-    while !String::from_utf8_lossy(&replies).contains("354 ") {
-        let mut buf = [0u8; 1024];
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before DATA");
-        replies.extend_from_slice(&buf[..n]);
-    }
+    let mut stream = common::raw_data_stream(server, "someone@remote.test", "alice@example.com");
     let line = [vec![b'x'; 998], b"\r\n".to_vec()].concat();
     let mut sent = 0;
     while sent < EACH {

@@ -541,30 +541,7 @@ fn mail_relayed_for_a_login_is_signed_and_verifies_with_dkimpy() {
         "[delivery.routes]\n\"remote.test\" = \"{}\"\n",
         sink.addr
     ));
-    let out = server.cli(
-        &[
-            "dkim",
-            "keygen",
-            "--domain",
-            "example.com",
-            "--selector",
-            "s1",
-            "--algorithm",
-            "ed25519",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let table = &printed[printed.find("[[dkim]]").expect("a [[dkim]] table")..];
-    let mut config = std::fs::read_to_string(server.config_path()).unwrap();
-    config.push('\n');
-    config.push_str(table);
-    std::fs::write(server.config_path(), config).unwrap();
+    server.add_dkim_key("example.com");
     server.signal("HUP");
     server.wait_for_log("event=reloaded").expect("reloaded");
     let shown = server.cli(&["dkim", "show"], None);
@@ -581,9 +558,7 @@ fn mail_relayed_for_a_login_is_signed_and_verifies_with_dkimpy() {
     ] {
         let mut c = common::PlainClient::connect(server.addr(listener)).starttls();
         c.login("alice@example.com", common::PASSWORD);
-        c.cmd("MAIL FROM:<alice@example.com>", "250");
-        c.cmd("RCPT TO:<bob@remote.test>", "250");
-        c.cmd("DATA", "354");
+        c.begin("alice@example.com", &["bob@remote.test"]);
         c.cmd(
             &format!(
                 "From: <{from}>\r\nTo: <bob@remote.test>\r\nSubject: {subject}\r\n\r\nHello.\r\n."
@@ -626,30 +601,7 @@ fn local_mail_is_signed_only_for_domains_the_uid_owns() {
         return;
     };
     let server = common::Server::start();
-    let out = server.cli(
-        &[
-            "dkim",
-            "keygen",
-            "--domain",
-            "example.com",
-            "--selector",
-            "s1",
-            "--algorithm",
-            "ed25519",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let table = &printed[printed.find("[[dkim]]").expect("a [[dkim]] table")..];
-    let mut config = std::fs::read_to_string(server.config_path()).unwrap();
-    config.push('\n');
-    config.push_str(table);
-    std::fs::write(server.config_path(), config).unwrap();
+    server.add_dkim_key("example.com");
     server.signal("HUP");
     server.wait_for_log("event=reloaded").expect("reloaded");
 

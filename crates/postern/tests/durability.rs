@@ -71,9 +71,7 @@ fn sigterm_lets_a_message_in_progress_finish_and_closes_idle_sessions_with_421()
     idle.cmd("EHLO idle.test", "250");
     let mut busy = PlainClient::connect(server.addr("mx"));
     busy.cmd("EHLO busy.test", "250");
-    busy.cmd("MAIL FROM:<someone@remote.test>", "250");
-    busy.cmd("RCPT TO:<alice@example.com>", "250");
-    busy.cmd("DATA", "354");
+    busy.begin("someone@remote.test", &["alice@example.com"]);
     busy.send_raw(b"Subject: in flight\r\n\r\n");
 
     server.signal("TERM");
@@ -99,8 +97,7 @@ fn sigterm_exits_zero() {
 
 /// Sends one message over the MX listener to `rcpts`; returns its queue ID.
 fn send_from_outside(server: &Server, rcpts: &[&str], message: &str) -> String {
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(server);
     c.cmd("MAIL FROM:<someone@remote.test>", "250");
     for rcpt in rcpts {
         c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");

@@ -252,30 +252,7 @@ fn explain_local_submission_by_uid() {
 #[test]
 fn explain_says_whether_intake_would_sign() {
     let server = Server::start();
-    let key = server.cli(
-        &[
-            "dkim",
-            "keygen",
-            "--domain",
-            "example.com",
-            "--selector",
-            "s1",
-            "--algorithm",
-            "ed25519",
-        ],
-        None,
-    );
-    assert!(
-        key.status.success(),
-        "{}",
-        String::from_utf8_lossy(&key.stderr)
-    );
-    let printed = String::from_utf8_lossy(&key.stdout).into_owned();
-    let table = &printed[printed.find("[[dkim]]").expect("a [[dkim]] table")..];
-    let mut config = std::fs::read_to_string(server.config_path()).unwrap();
-    config.push('\n');
-    config.push_str(table);
-    std::fs::write(server.config_path(), config).unwrap();
+    server.add_dkim_key("example.com");
     let dkim_line = |args: &[&str]| {
         let mut all = vec![
             "explain",

@@ -29,8 +29,7 @@ fn the_fail2ban_filter_matches_real_auth_failures_and_nothing_else() {
     server.wait_for_log("reason=auth_blocked").unwrap();
     // A whole normal session adds lines that must not match: a message accepted and
     // delivered, and a refused relay attempt (event=rejected, but not auth_blocked).
-    let mut ok = PlainClient::connect(server.addr("mx"));
-    ok.cmd("EHLO client.test", "250");
+    let mut ok = common::PlainClient::mx(&server);
     ok.cmd("MAIL FROM:<x@remote.test>", "250");
     ok.cmd("RCPT TO:<elsewhere@remote.test>", "550");
     ok.cmd("RCPT TO:<alice@example.com>", "250");

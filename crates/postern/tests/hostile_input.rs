@@ -7,11 +7,8 @@ mod common;
 use common::{PlainClient, Server};
 
 fn open_transaction(server: &Server) -> PlainClient {
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<someone@remote.test>", "250");
-    c.cmd("RCPT TO:<alice@example.com>", "250");
-    c.cmd("DATA", "354");
+    let mut c = common::PlainClient::mx(server);
+    c.begin("someone@remote.test", &["alice@example.com"]);
     c
 }
 
@@ -64,9 +61,7 @@ fn oversized_message_gets_552_at_mail_and_at_data() {
     let ehlo = c.cmd("EHLO client.test", "250");
     assert!(ehlo.contains("SIZE 2000"), "{ehlo}");
     c.cmd("MAIL FROM:<someone@remote.test> SIZE=5000", "552 5.3.4");
-    c.cmd("MAIL FROM:<someone@remote.test>", "250");
-    c.cmd("RCPT TO:<alice@example.com>", "250");
-    c.cmd("DATA", "354");
+    c.begin("someone@remote.test", &["alice@example.com"]);
     let big = "y".repeat(900);
     c.cmd(
         &format!("Subject: big\r\n\r\n{big}\r\n{big}\r\n{big}\r\n."),
@@ -80,8 +75,7 @@ fn oversized_message_gets_552_at_mail_and_at_data() {
 #[test]
 fn too_many_recipients_get_452() {
     let server = Server::start_with("[limits]\nmax_recipients = 2\n");
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     c.cmd("MAIL FROM:<someone@remote.test>", "250");
     c.cmd("RCPT TO:<alice@example.com>", "250");
     c.cmd("RCPT TO:<bob@example.com>", "250");
@@ -95,8 +89,7 @@ fn garbage_gets_500_and_the_server_keeps_serving_others() {
     bad.send_raw(b"\x00\xff\xfe garbage\r\n");
     assert!(bad.read_reply().starts_with("500 5.5.2"));
     // Meanwhile another client is served normally.
-    let mut good = PlainClient::connect(server.addr("mx"));
-    good.cmd("EHLO client.test", "250");
+    let mut good = common::PlainClient::mx(&server);
     // The bad client keeps erring and is cut off with 421.
     let mut last = String::new();
     for _ in 0..12 {
@@ -114,8 +107,7 @@ fn garbage_gets_500_and_the_server_keeps_serving_others() {
 #[test]
 fn pipelined_commands_get_their_replies_in_order() {
     let server = Server::start();
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     c.send_raw(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<nobody@example.com>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n");
     c.expect("250 2.1.0");
     c.expect("550 5.1.1");
@@ -127,8 +119,7 @@ fn pipelined_commands_get_their_replies_in_order() {
 #[test]
 fn plaintext_injected_after_starttls_is_discarded() {
     let server = Server::start();
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     // STARTTLS with a command pipelined behind it in the same packet.
     c.send_raw(b"STARTTLS\r\nMAIL FROM:<evil@remote.test>\r\n");
     c.expect("220");
@@ -169,11 +160,8 @@ fn nul_in_the_data_is_refused_on_every_door() {
         reply.starts_with("550 5.6.0") && reply.contains("NUL"),
         "{reply:?}"
     );
-    let mut sub = PlainClient::connect(server.addr("submission")).starttls();
-    sub.login("alice@example.com", common::PASSWORD);
-    sub.cmd("MAIL FROM:<alice@example.com>", "250");
-    sub.cmd("RCPT TO:<bob@example.com>", "250");
-    sub.cmd("DATA", "354");
+    let mut sub = common::TlsClient::submission(&server, "alice@example.com");
+    sub.begin("alice@example.com", &["bob@example.com"]);
     sub.send_raw(attack);
     let reply = sub.read_reply();
     assert!(reply.starts_with("550 5.6.0"), "{reply:?}");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{PASSWORD, PlainClient, Server};
+use common::{PlainClient, Server, TlsClient};
 
 /// Claims our own host name (`mail.example.com` in the test config): forged.
 const FORGED: &str = "Authentication-Results: mail.example.com; spf=pass smtp.mailfrom=bank.test";
@@ -43,24 +43,24 @@ fn delivered_with_subject(server: &Server, count: usize, subject: &str) -> Strin
 #[test]
 fn forged_authentication_results_are_removed_on_the_mx_door() {
     let server = server();
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<someone@bank.test>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
-    c.cmd(&format!("{}.", message("mx")), "250");
+    PlainClient::mx(&server).transaction(
+        "someone@bank.test",
+        &["bob@example.com"],
+        &message("mx"),
+        "250",
+    );
     assert_forged_removed(&delivered_with_subject(&server, 1, "mx"), "mx");
 }
 
 #[test]
 fn forged_authentication_results_are_removed_on_the_submission_door() {
     let server = server();
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
-    c.cmd(&format!("{}.", message("submission")), "250");
+    TlsClient::submission(&server, "alice@example.com").transaction(
+        "alice@example.com",
+        &["bob@example.com"],
+        &message("submission"),
+        "250",
+    );
     let delivered = delivered_with_subject(&server, 1, "submission");
     assert_forged_removed(&delivered, "submission");
 }

@@ -84,8 +84,7 @@ fn two_thousand_idle_connections_stay_under_64_mib() {
     eprintln!("RSS with 2,000 idle connections: {after} KiB (was {before} KiB)");
     assert!(after < 64 * 1024, "RSS {after} KiB over the 64 MiB bound");
     // Everyone else is still served.
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let _served = common::PlainClient::mx(&server);
     drop(idle);
 }
 
@@ -107,8 +106,7 @@ fn nul_and_8_bit_bytes_in_commands_get_500() {
 #[test]
 fn absurd_size_values_are_refused() {
     let server = Server::start();
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     c.cmd(
         "MAIL FROM:<a@remote.test> SIZE=99999999999999999999999999",
         "501",

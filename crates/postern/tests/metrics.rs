@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::sink::{Script, Sink};
-use common::{PASSWORD, PlainClient, Server, Setup, field, plain};
+use common::{PlainClient, Server, Setup, field, plain};
 
 /// The queue gauges refreshed every second (the default is 10): tests wait less.
 const METRICS: &str = "[metrics]\naddr = \"127.0.0.1:0\"\nqueue_refresh = 1\n";
@@ -139,9 +139,7 @@ fn scraped_values_match_the_traffic() {
     // One message accepted on the mx listener, for a local mailbox.
     let mut c = PlainClient::connect(server.addr("mx"));
     c.cmd("EHLO sender.remote.test", "250");
-    c.cmd("MAIL FROM:<someone@remote.test>", "250");
-    c.cmd("RCPT TO:<alice@example.com>", "250");
-    c.cmd("DATA", "354");
+    c.begin("someone@remote.test", &["alice@example.com"]);
     c.cmd(
         "Subject: counted\r\n\r\nhello\r\n.",
         "250 2.0.0 Ok: queued as ",
@@ -150,8 +148,7 @@ fn scraped_values_match_the_traffic() {
     drop(c);
 
     // One relay refused.
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     c.cmd("MAIL FROM:<anyone@remote.test>", "250");
     c.cmd("RCPT TO:<victim@remote.test>", "550 5.7.1 Relaying denied");
     c.cmd("QUIT", "221");
@@ -241,11 +238,8 @@ fn queue_gauges_follow_a_deferred_message_and_local_mail_is_counted() {
     assert_eq!(scrape(addr).value("postern_queue_messages"), 0.0);
 
     // Authenticated mail to a greylisting remote: deferred, stays in the queue.
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@remote.test>", "250");
-    c.cmd("DATA", "354");
+    let mut c = common::TlsClient::submission(&server, "alice@example.com");
+    c.begin("alice@example.com", &["bob@remote.test"]);
     c.cmd("Subject: later\r\n\r\nx\r\n.", "250 2.0.0 Ok: queued as ");
     c.cmd("QUIT", "221");
     drop(c);

@@ -32,8 +32,7 @@ fn reload_and_wait(server: &Server, event: &str) -> String {
 #[test]
 fn reload_with_a_changed_password_keeps_open_sessions() {
     let server = Server::start();
-    let mut open = PlainClient::connect(server.addr("submission")).starttls();
-    open.login("alice@example.com", PASSWORD);
+    let mut open = common::TlsClient::submission(&server, "alice@example.com");
 
     let out = server.cli(
         &["user", "passwd", "alice@example.com", "--password-stdin"],
@@ -52,9 +51,7 @@ fn reload_with_a_changed_password_keeps_open_sessions() {
     fresh.login("alice@example.com", "n3w-secret");
 
     // The session that logged in before the reload is still logged in.
-    open.cmd("MAIL FROM:<alice@example.com>", "250");
-    open.cmd("RCPT TO:<bob@example.com>", "250");
-    open.cmd("DATA", "354");
+    open.begin("alice@example.com", &["bob@example.com"]);
     open.cmd("Subject: still here\r\n\r\nx\r\n.", "250");
     assert_eq!(server.wait_for_delivery("bob@example.com", 1).len(), 1);
 }
@@ -71,8 +68,7 @@ fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
         "{line}"
     );
 
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     c.cmd("MAIL FROM:<x@remote.test>", "250");
     c.cmd("RCPT TO:<alice@example.com>", "250");
     std::fs::write(&path, good).unwrap();
@@ -81,8 +77,7 @@ fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
 #[test]
 fn reloaded_settings_apply_to_new_sessions_only() {
     let server = Server::start_with("[limits]\nmax_recipients = 2\n");
-    let mut before = PlainClient::connect(server.addr("mx"));
-    before.cmd("EHLO client.test", "250");
+    let mut before = common::PlainClient::mx(&server);
 
     let path = server.config_path();
     let text = std::fs::read_to_string(&path)
@@ -91,8 +86,7 @@ fn reloaded_settings_apply_to_new_sessions_only() {
     std::fs::write(&path, text).unwrap();
     reload_and_wait(&server, "event=reloaded");
 
-    let mut after = PlainClient::connect(server.addr("mx"));
-    after.cmd("EHLO client.test", "250");
+    let mut after = common::PlainClient::mx(&server);
     after.cmd("MAIL FROM:<x@remote.test>", "250");
     after.cmd("RCPT TO:<alice@example.com>", "250");
     after.cmd("RCPT TO:<bob@example.com>", "452 4.5.3");
@@ -185,8 +179,7 @@ fn maildir_files_belong_to_the_mail_user() {
         .collect();
     std::fs::write(&passwd, text).unwrap();
     for rcpt in ["alice@example.com", "bob@example.com"] {
-        let mut c = PlainClient::connect(server.addr("mx"));
-        c.cmd("EHLO client.test", "250");
+        let mut c = common::PlainClient::mx(&server);
         c.cmd("MAIL FROM:<x@remote.test>", "250");
         c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
         c.cmd("DATA", "354");

@@ -32,8 +32,7 @@ fn start_retrying(routes: &[(&str, &Sink)], delivery: &str, retry: u64) -> Serve
 
 /// Sends one message from alice (authenticated) to `rcpts`; returns its queue ID.
 fn submit(server: &Server, rcpts: &[&str], body: &str) -> String {
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
+    let mut c = common::TlsClient::submission(server, "alice@example.com");
     c.cmd("MAIL FROM:<alice@example.com>", "250");
     for r in rcpts {
         c.cmd(&format!("RCPT TO:<{r}>"), "250");
@@ -168,11 +167,8 @@ fn no_bounce_for_the_null_sender() {
         ..Script::default()
     });
     let server = start(&[("remote.test", &sink)], "");
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
-    c.cmd("MAIL FROM:<>", "250");
-    c.cmd("RCPT TO:<bob@remote.test>", "250");
-    c.cmd("DATA", "354");
+    let mut c = common::TlsClient::submission(&server, "alice@example.com");
+    c.begin("", &["bob@remote.test"]);
     c.cmd("Subject: a bounce\r\n\r\nx\r\n.", "250");
     server.wait_for_log("event=bounced").unwrap();
     assert!(common::wait_until(|| server.queued().is_empty()));
@@ -277,9 +273,7 @@ fn postern_to_postern_uses_starttls() {
     });
     let mut c = PlainClient::connect(sender.addr("submission")).starttls();
     c.login("alice@sender.test", PASSWORD);
-    c.cmd("MAIL FROM:<alice@sender.test>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
+    c.begin("alice@sender.test", &["bob@example.com"]);
     c.cmd("Subject: between servers\r\n\r\nhello\r\n.", "250");
     let mails = receiver.wait_for_delivery("bob@example.com", 1);
     assert_eq!(mails.len(), 1, "sender log:\n{}", sender.log_text());

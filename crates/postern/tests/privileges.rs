@@ -41,8 +41,7 @@ fn serve_runs_as_the_service_user_and_still_reads_a_root_only_passwd_file() {
     );
 
     // Logins work, and a password changed by root afterwards is picked up.
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
+    let mut c = common::TlsClient::submission(&server, "alice@example.com");
     let out = server.cli(
         &["user", "passwd", "alice@example.com", "--password-stdin"],
         Some("changed"),
@@ -56,9 +55,7 @@ fn serve_runs_as_the_service_user_and_still_reads_a_root_only_passwd_file() {
     d.login("alice@example.com", "changed");
 
     // Mail is queued and delivered as the service user.
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
+    c.begin("alice@example.com", &["bob@example.com"]);
     c.cmd("Subject: unprivileged\r\n\r\nx\r\n.", "250");
     let mails = server.wait_for_delivery("bob@example.com", 1);
     assert_eq!(mails.len(), 1, "log:\n{}", server.log_text());
@@ -104,8 +101,7 @@ fn sigterm_stops_a_server_that_dropped_its_privileges() {
         .wait_for_log("event=privileges_dropped user=posterntest")
         .unwrap();
     // The reader has answered at least once (users were loaded through it).
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
+    let c = common::TlsClient::submission(&server, "alice@example.com");
     drop(c);
     let pid = server.pid();
     server.signal("TERM");

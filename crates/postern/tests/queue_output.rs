@@ -5,7 +5,7 @@
 mod common;
 
 use common::sink::{Script, Sink};
-use common::{PASSWORD, PlainClient, Server, Setup};
+use common::{Server, Setup};
 
 #[test]
 fn escape_sequences_from_a_remote_reply_and_a_header_are_escaped() {
@@ -21,11 +21,8 @@ fn escape_sequences_from_a_remote_reply_and_a_header_are_escaped() {
         ),
         ..Setup::default()
     });
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@remote.test>", "250");
-    c.cmd("DATA", "354");
+    let mut c = common::TlsClient::submission(&server, "alice@example.com");
+    c.begin("alice@example.com", &["bob@remote.test"]);
     let reply = c.cmd(
         "Subject: \x1b[31mred\x1b[0m\r\n\r\nx\r\n.",
         "250 2.0.0 Ok: queued as ",

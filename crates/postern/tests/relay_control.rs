@@ -10,8 +10,7 @@ const RELAY_DENIED: &str = "550 5.7.1 Relaying denied";
 #[test]
 fn relay_from_loopback_on_mx_is_denied_then_accepted_after_auth() {
     let server = Server::start();
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     c.cmd("MAIL FROM:<anyone@remote.test>", "250");
     let reply = c.cmd("RCPT TO:<victim@remote.test>", RELAY_DENIED);
     assert!(
@@ -37,9 +36,7 @@ fn unauthenticated_mail_to_a_local_mailbox_lands_intact() {
     let server = Server::start();
     let mut c = PlainClient::connect(server.addr("mx"));
     c.cmd("EHLO sender.remote.test", "250");
-    c.cmd("MAIL FROM:<someone@remote.test>", "250");
-    c.cmd("RCPT TO:<Alice@EXAMPLE.com>", "250");
-    c.cmd("DATA", "354");
+    c.begin("someone@remote.test", &["Alice@EXAMPLE.com"]);
     let body = "From: someone@remote.test\r\nTo: alice@example.com\r\nSubject: hello\r\n\r\nLine one\r\n..dot-stuffed\r\nLast line\r\n";
     c.send_raw(body.as_bytes());
     let reply = c.cmd(".", "250 2.0.0 Ok: queued as ");
@@ -84,8 +81,7 @@ fn unauthenticated_mail_to_a_local_mailbox_lands_intact() {
 #[test]
 fn unknown_local_mailbox_is_refused_with_550_5_1_1() {
     let server = Server::start();
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     c.cmd("MAIL FROM:<someone@remote.test>", "250");
     c.cmd("RCPT TO:<nobody@example.com>", "550 5.1.1");
     let line = server.wait_for_log("reason=unknown_user").unwrap();
@@ -144,8 +140,7 @@ fn sasl_cancel_and_bad_base64_get_501() {
 #[test]
 fn sender_not_owned_by_the_login_is_refused_with_553() {
     let server = Server::start();
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
+    let mut c = common::TlsClient::submission(&server, "alice@example.com");
     c.cmd("MAIL FROM:<bob@example.com>", "553 5.7.1");
     c.cmd("MAIL FROM:<ALICE@example.com>", "250");
     let line = server.wait_for_log("reason=sender_mismatch").unwrap();
@@ -155,8 +150,7 @@ fn sender_not_owned_by_the_login_is_refused_with_553() {
 #[test]
 fn open_relay_tricks_never_relay_or_misdeliver() {
     let server = Server::start();
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
+    let mut c = common::PlainClient::mx(&server);
     c.cmd("MAIL FROM:<someone@remote.test>", "250");
     for (rcpt, code) in [
         ("<victim%remote.test@example.com>", "550 5.7.1"),
@@ -199,9 +193,7 @@ fn the_login_limit_refuses_mail_with_450() {
     let server = Server::start_with("[limits]\nlogin_messages_per_hour = 1\n");
     let mut c = PlainClient::connect(server.addr("submission")).starttls();
     c.login("ALICE@example.com", PASSWORD);
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
+    c.begin("alice@example.com", &["bob@example.com"]);
     c.cmd("Subject: one\r\n\r\nx\r\n.", "250");
     let reply = c.cmd(
         "MAIL FROM:<alice@example.com>",
@@ -220,11 +212,8 @@ fn the_login_limit_refuses_mail_with_450() {
 fn parallel_sessions_of_one_login_cannot_both_take_its_last_message() {
     let server = Server::start_with("[limits]\nlogin_messages_per_hour = 1\n");
     let open = || {
-        let mut c = PlainClient::connect(server.addr("submission")).starttls();
-        c.login("alice@example.com", PASSWORD);
-        c.cmd("MAIL FROM:<alice@example.com>", "250");
-        c.cmd("RCPT TO:<bob@example.com>", "250");
-        c.cmd("DATA", "354");
+        let mut c = common::TlsClient::submission(&server, "alice@example.com");
+        c.begin("alice@example.com", &["bob@example.com"]);
         c
     };
     // Both are past MAIL and RCPT before either message is stored.
@@ -245,12 +234,11 @@ fn postmaster_is_accepted_and_goes_to_the_configured_address() {
         top: "postmaster = \"bob@example.com\"".into(),
         ..Default::default()
     });
-    let mut c = PlainClient::connect(server.addr("mx"));
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<someone@remote.test>", "250");
-    c.cmd("RCPT TO:<postmaster>", "250");
-    c.cmd("RCPT TO:<PostMaster@Example.com>", "250");
-    c.cmd("DATA", "354");
+    let mut c = common::PlainClient::mx(&server);
+    c.begin(
+        "someone@remote.test",
+        &["postmaster", "PostMaster@Example.com"],
+    );
     c.cmd("Subject: abuse report\r\n\r\nx\r\n.", "250");
     let mails = server.wait_for_delivery("bob@example.com", 1);
     assert_eq!(mails.len(), 1, "log:\n{}", server.log_text());
@@ -273,9 +261,7 @@ fn mx_mail_gets_our_authentication_results_and_forged_ones_are_removed() {
         });
         let mut c = PlainClient::connect(server.addr("mx"));
         c.cmd("EHLO sender.remote.test", "250");
-        c.cmd("MAIL FROM:<someone@remote.test>", "250");
-        c.cmd("RCPT TO:<alice@example.com>", "250");
-        c.cmd("DATA", "354");
+        c.begin("someone@remote.test", &["alice@example.com"]);
         c.cmd(
             "Authentication-Results: MAIL.example.com; dkim=pass header.d=bank.test\r\nAuthentication-Results: other.test; spf=pass\r\nFrom: someone@remote.test\r\nSubject: ar\r\n\r\nx\r\n.",
             "250",

@@ -3,21 +3,17 @@
 
 mod common;
 
-use common::{PASSWORD, PlainClient, Server, field, test_user};
+use common::{Server, TlsClient, field, test_user};
 
-fn logged_in(server: &Server) -> common::TlsClient {
-    let mut c = PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
-    c
+fn logged_in(server: &Server) -> TlsClient {
+    TlsClient::submission(server, "alice@example.com")
 }
 
 #[test]
 fn a_login_may_not_put_another_address_in_from() {
     let server = Server::start();
     let mut c = logged_in(&server);
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
+    c.begin("alice@example.com", &["bob@example.com"]);
     let reply = c.cmd(
         "From: The Bank <security@bank.example>\r\nSubject: verify\r\n\r\nx\r\n.",
         "550 5.7.1",
@@ -27,11 +23,10 @@ fn a_login_may_not_put_another_address_in_from() {
     let line = server.wait_for_log("reason=author_mismatch").unwrap();
     assert_eq!(field(&line, "auth").as_deref(), Some("alice@example.com"));
     // Its own address in From: is fine, in the same session.
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
-    c.cmd(
-        "From: Alice <alice@example.com>\r\nSubject: hi\r\n\r\nx\r\n.",
+    c.transaction(
+        "alice@example.com",
+        &["bob@example.com"],
+        "From: Alice <alice@example.com>\r\nSubject: hi\r\n\r\nx\r\n",
         "250",
     );
     assert_eq!(server.wait_for_delivery("bob@example.com", 1).len(), 1);
@@ -53,11 +48,10 @@ fn with_the_domain_scope_a_login_sends_as_any_address_of_its_domain() {
     server.signal("HUP");
     server.wait_for_log("event=reloaded").unwrap();
     let mut c = logged_in(&server);
-    c.cmd("MAIL FROM:<wordpress@example.com>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
-    c.cmd(
-        "From: WordPress <wordpress@example.com>\r\nSubject: new comment\r\n\r\nx\r\n.",
+    c.transaction(
+        "wordpress@example.com",
+        &["bob@example.com"],
+        "From: WordPress <wordpress@example.com>\r\nSubject: new comment\r\n\r\nx\r\n",
         "250",
     );
     c.cmd("MAIL FROM:<someone@other.example>", "553 5.7.1");

@@ -53,21 +53,7 @@ fn a_command_dripped_a_byte_at_a_time_still_times_out() {
 #[test]
 fn data_dripped_below_the_minimum_rate_times_out() {
     let server = Server::start_with("[limits]\ndata_timeout = 2\nmin_data_rate = 500\n");
-    let mut stream = connect_after_greeting(&server);
-    stream
-        .write_all(b"EHLO client.test\r\nMAIL FROM:<someone@remote.test>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
-        .unwrap();
-    let mut replies = Vec::new();
-    while !String::from_utf8_lossy(&replies).contains("354 ") {
-        let mut buf = [0u8; 1024];
-        let n = stream.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "closed before DATA: {:?}",
-            String::from_utf8_lossy(&replies)
-        );
-        replies.extend_from_slice(&buf[..n]);
-    }
+    let mut stream = common::raw_data_stream(&server, "someone@remote.test", "alice@example.com");
     let said = drip(&mut stream, &[b'x'; 40], Duration::from_millis(300))
         .expect("the server must close a DATA transfer far below the minimum rate");
     assert!(said.contains("421 4.4.2"), "{said:?}");

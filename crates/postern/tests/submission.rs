@@ -147,15 +147,10 @@ fn wrong_password_is_refused_with_535() {
 #[test]
 fn missing_date_and_message_id_are_added_on_submission_but_kept_when_present() {
     let server = Server::start();
-    let mut c = common::PlainClient::connect(server.addr("submission")).starttls();
-    c.login("alice@example.com", PASSWORD);
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
+    let mut c = common::TlsClient::submission(&server, "alice@example.com");
+    c.begin("alice@example.com", &["bob@example.com"]);
     c.cmd("Subject: bare\r\n\r\nbody\r\n.", "250");
-    c.cmd("MAIL FROM:<alice@example.com>", "250");
-    c.cmd("RCPT TO:<bob@example.com>", "250");
-    c.cmd("DATA", "354");
+    c.begin("alice@example.com", &["bob@example.com"]);
     c.cmd("Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <mine@example.com>\r\nSubject: full\r\n\r\nbody\r\n.", "250");
     let mails = server.wait_for_delivery("bob@example.com", 2);
     let bare = mails.iter().find(|m| m.contains("Subject: bare")).unwrap();

@@ -173,6 +173,37 @@ socket = "{d}/run/submit.sock"
         std::fs::write(self.config_path(), config).expect("write config");
     }
 
+    /// `postern dkim keygen` for `domain` (selector `s1`, Ed25519) and its `[[dkim]]`
+    /// table appended to the config; the caller reloads (SIGHUP) when the server must
+    /// sign with it. Returns what keygen printed.
+    pub fn add_dkim_key(&self, domain: &str) -> String {
+        let out = self.cli(
+            &[
+                "dkim",
+                "keygen",
+                "--domain",
+                domain,
+                "--selector",
+                "s1",
+                "--algorithm",
+                "ed25519",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let table = &printed[printed.find("[[dkim]]").expect("a [[dkim]] table")..];
+        let mut config = std::fs::read_to_string(self.config_path()).expect("read config");
+        config.push('\n');
+        config.push_str(table);
+        std::fs::write(self.config_path(), config).expect("write config");
+        printed
+    }
+
     /// `postern user add ADDRESS --password-stdin`, through the real CLI.
     pub fn add_user(&self, address: &str, password: &str) {
         let out = self.cli(
@@ -688,7 +719,58 @@ impl PlainClient {
     }
 }
 
+/// A bare socket to the `mx` listener, pipelined through EHLO, MAIL, RCPT and DATA up
+/// to the `354`: for tests that must control every byte of the message that follows.
+pub fn raw_data_stream(server: &Server, from: &str, rcpt: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr("mx")).expect("connect");
+    stream
+        .set_read_timeout(Some(READY_TIMEOUT))
+        .expect("read timeout");
+    let commands =
+        format!("EHLO client.test\r\nMAIL FROM:<{from}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
+    stream.write_all(commands.as_bytes()).expect("write");
+    let mut replies = Vec::new();
+    while !String::from_utf8_lossy(&replies).contains("354 ") {
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "closed before DATA: {:?}",
+            String::from_utf8_lossy(&replies)
+        );
+        replies.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
+
+/// The queue ID of a `250 2.0.0 Ok: queued as ID` reply.
+pub fn queue_id(reply: &str) -> String {
+    reply
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl PlainClient {
+    /// A client of the `mx` listener that has said EHLO.
+    pub fn mx(server: &Server) -> PlainClient {
+        let mut c = PlainClient::connect(server.addr("mx"));
+        c.cmd("EHLO client.test", "250");
+        c
+    }
+}
+
 impl TlsClient {
+    /// A client of the `submission` listener after STARTTLS, logged in as `login` with
+    /// [`PASSWORD`].
+    pub fn submission(server: &Server, login: &str) -> TlsClient {
+        let mut c = PlainClient::connect(server.addr("submission")).starttls();
+        c.login(login, PASSWORD);
+        c
+    }
+
     /// Implicit TLS (`submissions`): handshake, greeting.
     pub fn connect_tls(addr: SocketAddr) -> TlsClient {
         let tcp = TcpStream::connect(addr).expect("connect");
@@ -749,6 +831,30 @@ impl<S: Read + Write + TcpBacked> Client<S> {
     pub fn cmd(&mut self, line: &str, prefix: &str) -> String {
         self.send_raw(format!("{line}\r\n").as_bytes());
         self.expect(prefix)
+    }
+
+    /// `MAIL FROM` and one `RCPT TO` per recipient (each `250`), then `DATA` (`354`):
+    /// the message comes next.
+    pub fn begin(&mut self, from: &str, rcpts: &[&str]) {
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250");
+        for rcpt in rcpts {
+            self.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
+        }
+        self.cmd("DATA", "354");
+    }
+
+    /// A whole transaction: [`begin`](Self::begin), then `message` (CRLF lines, already
+    /// dot-stuffed, ending in CRLF) and the final dot, whose reply must start with
+    /// `expect`. Returns that reply.
+    pub fn transaction(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        message: &str,
+        expect: &str,
+    ) -> String {
+        self.begin(from, rcpts);
+        self.cmd(&format!("{message}."), expect)
     }
 
     /// True when the server closes the connection: EOF or a reset, waited for as long
