@@ -614,11 +614,11 @@ fn reopen(dir: &impl AsFd) -> nix::Result<OwnedFd> {
 }
 
 /// The error for a directory that could not be opened: [`MaildirError::Unsafe`] when
-/// a symbolic link is there.
+/// a symbolic link is there (whatever `openat` said: `ENOTDIR`, `ELOOP`, or `ENOENT`
+/// when it was swapped in after a look that found nothing).
 fn refusal(parent: BorrowedFd<'_>, name: &OsStr, path: &Path, errno: Errno) -> MaildirError {
-    let is_link = matches!(errno, Errno::ELOOP | Errno::ENOTDIR)
-        && nix::sys::stat::fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .is_ok_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK);
+    let is_link = nix::sys::stat::fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK);
     if is_link {
         MaildirError::Unsafe {
             path: path.to_owned(),
@@ -1191,7 +1191,7 @@ mod tests {
             let before = snapshot(&victim);
             let planted = root.path().join(part);
             fs::create_dir_all(planted.parent().unwrap()).unwrap();
-            for target in [&secret, &victim] {
+            for target in [&secret, &victim, &root.path().join("nowhere")] {
                 std::os::unix::fs::symlink(target, &planted).unwrap();
                 let err = deliver_as(&bob(root.path()), "mx", PREFIX, MESSAGE, Some(OWNER))
                     .expect_err(&format!("delivered through a link at {part}"));
