@@ -362,10 +362,28 @@ pub fn stage(
     message: &[u8],
     owner: Option<Owner>,
 ) -> Result<Staged, MaildirError> {
-    let Maildir { tmp, new } = open_maildir(mailbox, owner)?;
+    let maildir = open_maildir(mailbox, owner)?;
+    let anonymous = ANONYMOUS_FILES.load(Ordering::Relaxed);
+    write_staged(maildir, hostname, prefix, message, owner, anonymous)
+}
+
+/// Writes the message into the opened Maildir's `tmp/`: without a name when `anonymous`
+/// (and the file system can), else under its unique name.
+fn write_staged(
+    maildir: Maildir,
+    hostname: &str,
+    prefix: &[u8],
+    message: &[u8],
+    owner: Option<Owner>,
+    anonymous: bool,
+) -> Result<Staged, MaildirError> {
+    let Maildir { tmp, new } = maildir;
     let unique = unique_name(hostname);
     let tmp_path = || new.path.with_file_name(TMP);
-    let (written, size) = match write_anonymous_file(&tmp, prefix, message, owner) {
+    let made = anonymous
+        .then(|| write_anonymous_file(&tmp, prefix, message, owner))
+        .flatten();
+    let (written, size) = match made {
         Some(anonymous) => anonymous.map_err(|e| MaildirError::Io {
             path: tmp_path(),
             source: e,
@@ -664,16 +682,13 @@ fn escape_hostname(hostname: &str) -> String {
 static ANONYMOUS_FILES: AtomicBool = AtomicBool::new(true);
 
 /// Writes the message to a new file without a name in `tmp` (`O_TMPFILE`), fsyncs it, and
-/// returns it with its size. `None` when such files are not available (then or before).
+/// returns it with its size. `None` when such files are not available.
 fn write_anonymous_file(
     tmp: &OwnedFd,
     prefix: &[u8],
     message: &[u8],
     owner: Option<Owner>,
 ) -> Option<io::Result<(Written, u64)>> {
-    if !ANONYMOUS_FILES.load(Ordering::Relaxed) {
-        return None;
-    }
     let opened = nix::fcntl::openat(
         tmp,
         ".",
@@ -1044,6 +1059,35 @@ mod tests {
         assert_eq!(
             fs::read(path).unwrap(),
             b"Subject: hi\n\nline one\nline two\n"
+        );
+    }
+
+    #[test]
+    fn without_anonymous_files_a_named_file_in_tmp_is_renamed_into_new() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let mailbox = bob(root.path());
+        let maildir = open_maildir(&mailbox, Some(OWNER)).unwrap();
+        let staged = write_staged(maildir, "mx", b"", MESSAGE, Some(OWNER), false).unwrap();
+        assert!(
+            matches!(staged.written, Written::Named { .. }),
+            "{staged:?}"
+        );
+        let entries = |sub: &str| fs::read_dir(mailbox.path().join(sub)).unwrap().count();
+        assert_eq!((entries("tmp"), entries("new")), (1, 0));
+
+        let path = publish(vec![staged]).pop().unwrap().unwrap();
+
+        assert_eq!((entries("tmp"), entries("new")), (0, 1));
+        assert_eq!(path.parent(), Some(mailbox.path().join("new").as_path()));
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"Subject: hi\n\nline one\nline two\n"
+        );
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (4242, 4343, 0o600)
         );
     }
 
