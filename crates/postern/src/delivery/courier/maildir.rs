@@ -10,8 +10,11 @@
 //!
 //! **Security.** The mailbox path comes from the configuration and the account's login;
 //! the files are written by [`Publisher`], which never follows a link a customer planted
-//! (see `delivery::maildir`). A file is given to the account's owner, or to
-//! `delivery.owner`, only when the process may do so (running as root or as that user).
+//! and changes owners only through descriptors it opened (see `delivery::maildir`). A
+//! file and the mailbox's own directories are given to the account's owner, or to
+//! `delivery.owner`, only when the process may do so (running as root or as that user);
+//! directories shared by several mailboxes (the domain's) never are. A link found in a
+//! mailbox defers its mail and is logged `event=maildir_unsafe`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +90,15 @@ impl MaildirCourier {
         let written =
             self.publisher
                 .deliver(&path, &config.hostname, prefix.as_bytes(), message, owner);
+        if let Err(maildir::MaildirError::Unsafe { path, reason }) = &written {
+            tracing::warn!(
+                event = "maildir_unsafe",
+                rcpt = %account.login,
+                path = %path.display(),
+                reason = %reason,
+                msg = "not followed; the message is deferred until the mailbox's owner or an admin replaces it with a directory"
+            );
+        }
         outcome_of(written)
     }
 }
@@ -207,6 +219,29 @@ mod tests {
             String::from_utf8(written).unwrap(),
             "Return-Path: <alice@sender.test>\nDelivered-To: bob@localhost\nSubject: hi\n\nbody\n"
         );
+    }
+
+    #[tokio::test]
+    async fn a_link_in_place_of_a_mailbox_directory_defers_and_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let courier = courier(dir.path(), "bob@localhost:{PLAIN}secret\n");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let maildir = dir.path().join("mail/localhost/bob/Maildir");
+        std::fs::create_dir_all(maildir.join("tmp")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, maildir.join("new")).unwrap();
+
+        let outcomes = courier.deliver(&parcel(&["bob@localhost"])).await;
+
+        assert!(
+            matches!(
+                &outcomes[..],
+                [Outcome::Deferred { status: Enhanced(4, 3, 0), reply, .. }]
+                    if reply.contains("symbolic link")
+            ),
+            "{outcomes:?}"
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[tokio::test]
