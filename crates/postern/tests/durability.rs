@@ -230,14 +230,37 @@ fn lines_with(trace: &Trace, needle: &str) -> String {
 }
 
 /// The path a call gives its file (the second quoted argument of a rename or link).
-fn target(call: &Call) -> Option<&str> {
-    call.strings().get(1).copied()
+fn target(call: &Call) -> Option<String> {
+    path_arg(call, 1)
+}
+
+/// The `index`th path argument of a rename or link, made absolute: a name relative to a
+/// directory descriptor (`renameat`, `linkat` on opened directories) is joined to the
+/// path `-yy` shows for that descriptor.
+fn path_arg(call: &Call, index: usize) -> Option<String> {
+    let strings = call.strings();
+    let name = *strings.get(index)?;
+    if name.starts_with('/') {
+        return Some(name.to_string());
+    }
+    // The quoted name is preceded by its directory: `N</dir>, "name"`. `name` is a
+    // slice of `args`, so its offset there is where it starts, less its quote.
+    let at = (name.as_ptr() as usize).checked_sub(call.args.as_ptr() as usize)? - 1;
+    let before = call
+        .args
+        .get(..at)?
+        .trim_end()
+        .strip_suffix(',')?
+        .trim_end();
+    let dir = before.strip_suffix('>')?;
+    let open = dir.rfind('<')?;
+    Some(format!("{}/{name}", &dir[open + 1..]))
 }
 
 /// A file synced (fsync or fdatasync) before `named` gave it its name: by path for a
 /// rename, by descriptor for a link from `/proc/self/fd/N`.
 fn file_sync_before<'t>(trace: &'t Trace, named: &Call, dir: &str) -> Option<&'t Call> {
-    let from = named.strings().first().copied()?;
+    let from = path_arg(named, 0)?;
     let fd: Option<u32> = from
         .strip_prefix("/proc/self/fd/")
         .and_then(|n| n.parse().ok());
@@ -247,7 +270,7 @@ fn file_sync_before<'t>(trace: &'t Trace, named: &Call, dir: &str) -> Option<&'t
         .filter(|c| c.is_sync() && c.succeeded() && c.end < named.start)
         .rfind(|c| match fd {
             Some(fd) => c.fd() == Some(fd) && c.fd_target().is_some_and(|t| t.starts_with(dir)),
-            None => c.fd_target() == Some(from),
+            None => c.fd_target() == Some(from.as_str()),
         })
 }
 
@@ -275,7 +298,7 @@ fn assert_committed_durably(server: &Server, trace: &Trace, ack: &Call, id: &str
     let msg = format!("{queue}/{id}.msg");
     let context = || lines_with(trace, &queue);
     let rename = trace
-        .find(|c| c.is_rename() && c.succeeded() && target(c) == Some(msg.as_str()))
+        .find(|c| c.is_rename() && c.succeeded() && target(c).as_deref() == Some(msg.as_str()))
         .unwrap_or_else(|| panic!("no rename to {msg}:\n{}", context()));
     assert!(
         rename.end < ack.start,
@@ -348,7 +371,7 @@ fn maildir_delivery_at_once_syncs_the_file_and_new_before_the_250() {
         .calls
         .iter()
         .filter(|c| matches!(c.name.as_str(), "mkdir" | "mkdirat") && c.succeeded())
-        .filter(|c| c.strings().first().is_some_and(|p| p.starts_with(&mail)))
+        .filter(|c| path_arg(c, 0).is_some_and(|p| p.starts_with(&mail)))
         .collect();
     assert!(
         made.len() >= 2 * 3,
@@ -356,12 +379,12 @@ fn maildir_delivery_at_once_syncs_the_file_and_new_before_the_250() {
         lines_with(&trace, &mail)
     );
     for mkdir in made {
-        let dir = Path::new(mkdir.strings()[0]);
-        let parent = dir.parent().unwrap().display().to_string();
+        let dir = path_arg(mkdir, 0).unwrap_or_default();
+        let parent = Path::new(&dir).parent().unwrap().display().to_string();
         assert!(
             dir_sync_between(&trace, &parent, mkdir.end, ack.start).is_some(),
             "{parent} was not synced after {} was made, before the 250:\n{}",
-            dir.display(),
+            dir,
             lines_with(&trace, &mail)
         );
     }
