@@ -14,11 +14,8 @@ fn uid_of_process(pid: u32) -> u32 {
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
 
-#[test]
-fn serve_runs_as_the_service_user_and_still_reads_a_root_only_passwd_file() {
-    let Some(uid) = test_user("posterntest") else {
-        return;
-    };
+/// A server started as root that switches to `posterntest` once it has bound.
+fn as_service_user() -> Server {
     let server = Server::start_setup(Setup {
         top: "user = \"posterntest\"".into(),
         maildir: Some("data/mail/%d/%n/Maildir".into()),
@@ -27,6 +24,15 @@ fn serve_runs_as_the_service_user_and_still_reads_a_root_only_passwd_file() {
     server
         .wait_for_log("event=privileges_dropped user=posterntest")
         .unwrap();
+    server
+}
+
+#[test]
+fn serve_runs_as_the_service_user_and_still_reads_a_root_only_passwd_file() {
+    let Some(uid) = test_user("posterntest") else {
+        return;
+    };
+    let server = as_service_user();
     assert_eq!(
         uid_of_process(server.pid()),
         uid,
@@ -92,14 +98,7 @@ fn sigterm_stops_a_server_that_dropped_its_privileges() {
     if test_user("posterntest").is_none() {
         return;
     }
-    let mut server = Server::start_setup(Setup {
-        top: "user = \"posterntest\"".into(),
-        maildir: Some("data/mail/%d/%n/Maildir".into()),
-        ..Setup::default()
-    });
-    server
-        .wait_for_log("event=privileges_dropped user=posterntest")
-        .unwrap();
+    let mut server = as_service_user();
     // The reader has answered at least once (users were loaded through it).
     let c = common::TlsClient::submission(&server, "alice@example.com");
     drop(c);
